@@ -1,0 +1,352 @@
+"""The run directory: the single source of truth of a run.
+
+Layout (every file optional until the run reaches the step that writes it)::
+
+    RUN_DIR/
+      config.json          {"format": 1, "settings": RunConfig, "classes": [...],
+                            "versions": {...}, "dataset": {"fingerprint", "n_train", ...}}
+      status.json          {"state": running|finished|failed|cancelled|interrupted,
+                            "pid", "host", "started", "ended", "error", "method", "format"}
+      events.jsonl         one JSON object a line: {"t", "phase", "kind", ...} (see EVENT KINDS)
+      samples.csv          one row per training image (see SAMPLE_COLUMNS)
+      metrics.json         test accuracy; flag precision/recall/F1/AUROC when truth is known
+      gmm.json             [{"epoch", "means", "variances", "weights", "clean_component", "tau"}]
+      features_pre.npy     float16 (N, D): pretrained features of the training images
+      features_post.npy    float16 (N, D): features after FFT (TURN / CE-FFT only)
+      thumbs.npy           uint8 (N, T, T, 3): a thumbnail of every training image, row = sample
+      model.safetensors    final weights
+      skipped.csv          path,reason — files that could not be used
+      run.log              tracebacks and warnings
+      review.sqlite        review decisions (turn_core.review)
+      projections/         cached 2-D embeddings (turn_core.projections)
+      exports/             what the export step wrote
+
+Writers use ``atomic_write_*`` so a killed process never leaves half a file; readers accept a
+directory from an older version or half written and report what is missing instead of raising.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import InputError
+
+FORMAT_VERSION = 1
+STATES = ("running", "finished", "failed", "cancelled", "interrupted")
+
+# Columns of samples.csv, in order. loss_fft_<e> columns (e = 1..E_FFT) follow loss_lp.
+SAMPLE_COLUMNS = [
+    "index",            # row number = index into features/thumbs arrays
+    "path",             # as given in the manifest (relative to the dataset root)
+    "given_label",      # class name the dataset gave
+    "predicted_label",  # final model's argmax
+    "suggested_label",  # what we suggest the label should be (== given when not flagged)
+    "suspicion",        # higher = more likely mislabeled, in [0, 1]
+    "clean_prob",       # GMM posterior of the clean component (last epoch)
+    "flagged",          # 0/1: the run's flag rule says "label issue"
+    "confidence",       # model probability of suggested_label
+    "margin",           # p(given) − max p(other), in [−1, 1]
+    "knn_agreement",    # fraction of feature-space neighbours sharing the given label
+    "loss_lp",          # CE loss after linear probing
+]
+OPTIONAL_COLUMNS = ["clean_label", "is_noisy"]  # present when the truth is known
+
+
+def now() -> float:
+    return time.time()
+
+
+# --------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder + rename.
+
+    A crash mid-write leaves the previous file intact (rename is atomic on POSIX).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_save_npy(path: str | Path, arr: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+# --------------------------------------------------------------------------- writing a run
+class RunWriter:
+    """Appends to one run directory. Used by the pipeline only (one writer per run)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+
+    def set_status(self, state: str, **extra: Any) -> None:
+        assert state in STATES, state
+        cur = _read_json(self.dir / "status.json") or {}
+        cur.update(extra)
+        cur.update(state=state, format=FORMAT_VERSION, pid=os.getpid(), host=socket.gethostname())
+        if state == "running":
+            cur.setdefault("started", now())
+            cur.pop("ended", None)
+        else:
+            cur["ended"] = now()
+        atomic_write_json(self.dir / "status.json", cur)
+
+    def event(self, phase: str, kind: str, **fields: Any) -> dict:
+        ev = {"t": now(), "phase": phase, "kind": kind, **fields}
+        self._events.write(json.dumps(ev, default=_json_default) + "\n")
+        self._events.flush()
+        return ev
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return atomic_write_json(self.dir / name, obj)
+
+    def write_npy(self, name: str, arr: np.ndarray) -> Path:
+        return atomic_save_npy(self.dir / name, arr)
+
+    def write_csv(self, name: str, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+        return atomic_write_text(self.dir / name, buf.getvalue())
+
+    def close(self) -> None:
+        self._events.close()
+
+
+# --------------------------------------------------------------------------- reading a run
+@dataclass
+class RunInfo:
+    """Headline facts of one run, for the run picker."""
+
+    dir: Path
+    name: str
+    state: str            # a STATES value, or "incomplete" when status.json is missing/broken
+    method: str | None
+    started: float | None
+    ended: float | None
+    error: str | None
+    metrics: dict
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "status.json").exists() or (path / "config.json").exists()
+
+
+def pid_alive(pid: int | None, host: str | None) -> bool:
+    """True when ``pid`` runs on this host (a run on another host is taken as alive)."""
+    if not pid:
+        return False
+    if host and host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(run_dir: str | Path) -> dict:
+    """status.json, with a run whose process is gone reported as ``interrupted``.
+
+    A run left "running" by a killed process (server restart, kill -9) would otherwise show
+    as running forever; the check looks at the recorded pid on this host.
+    """
+    run_dir = Path(run_dir)
+    st = _read_json(run_dir / "status.json")
+    if not isinstance(st, dict) or st.get("state") not in STATES:
+        return {"state": "incomplete", "error": "status.json is missing or unreadable"}
+    if st["state"] == "running" and not pid_alive(st.get("pid"), st.get("host")):
+        st = dict(st, state="interrupted", error=st.get("error") or "the process running it stopped")
+    return st
+
+
+def mark_interrupted_if_dead(run_dir: str | Path) -> bool:
+    """Persist ``interrupted`` for a run whose process died; True when it changed the file."""
+    run_dir = Path(run_dir)
+    raw = _read_json(run_dir / "status.json")
+    st = read_status(run_dir)
+    if isinstance(raw, dict) and raw.get("state") == "running" and st["state"] == "interrupted":
+        raw.update(state="interrupted", ended=now(), error=st["error"])
+        atomic_write_json(run_dir / "status.json", raw)
+        return True
+    return False
+
+
+def list_runs(root: str | Path) -> list[RunInfo]:
+    """Every run directory directly under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        if d.is_dir() and is_run_dir(d):
+            st = read_status(d)
+            cfg = _read_json(d / "config.json") or {}
+            method = st.get("method") or (cfg.get("settings") or {}).get("method")
+            out.append(RunInfo(d, d.name, st["state"], method, st.get("started"), st.get("ended"),
+                               st.get("error"), _read_json(d / "metrics.json") or {}))
+    out.sort(key=lambda r: r.started or 0, reverse=True)
+    return out
+
+
+class Run:
+    """Read-only view of a run directory; each artefact loads lazily and may be None.
+
+    ``Run(path)`` raises ``InputError`` only when the folder does not exist; a half-written or
+    older directory opens, and ``missing()`` says what it lacks.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        if not self.dir.is_dir():
+            raise InputError(f"run directory {self.dir} does not exist")
+        self._cache: dict[str, Any] = {}
+
+    # -- small JSON files (re-read every call: they change while a run is going)
+    @property
+    def status(self) -> dict:
+        return read_status(self.dir)
+
+    @property
+    def config(self) -> dict:
+        return _read_json(self.dir / "config.json") or {}
+
+    @property
+    def settings(self) -> dict:
+        return self.config.get("settings", {})
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.get("classes", []))
+
+    @property
+    def metrics(self) -> dict:
+        return _read_json(self.dir / "metrics.json") or {}
+
+    @property
+    def gmm(self) -> list[dict]:
+        return _read_json(self.dir / "gmm.json") or []
+
+    def events(self) -> list[dict]:
+        """All events; a torn last line (process killed mid-write) is skipped."""
+        out = []
+        try:
+            with open(self.dir / "events.jsonl", encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue
+        except FileNotFoundError:
+            pass
+        return out
+
+    # -- large artefacts (cached per Run object)
+    def samples(self):
+        """samples.csv as a pandas DataFrame (None until the run wrote it)."""
+        if "samples" not in self._cache:
+            import pandas as pd
+
+            p = self.dir / "samples.csv"
+            self._cache["samples"] = (
+                pd.read_csv(p, dtype={"path": str, "given_label": str, "predicted_label": str,
+                                      "suggested_label": str, "clean_label": str},
+                            keep_default_na=False)
+                if p.exists() else None)
+        return self._cache["samples"]
+
+    def skipped(self):
+        import pandas as pd
+
+        p = self.dir / "skipped.csv"
+        if not p.exists():
+            return pd.DataFrame(columns=["path", "reason"])
+        return pd.read_csv(p, dtype=str, keep_default_na=False)
+
+    def _npy(self, name: str) -> np.ndarray | None:
+        if name not in self._cache:
+            p = self.dir / name
+            try:
+                self._cache[name] = np.load(p, mmap_mode="r", allow_pickle=False) if p.exists() else None
+            except ValueError:
+                self._cache[name] = None
+        return self._cache[name]
+
+    def features(self, which: str = "pre") -> np.ndarray | None:
+        """(N, D) features: ``which`` is "pre" (pretrained) or "post" (after FFT)."""
+        return self._npy(f"features_{which}.npy")
+
+    def thumbs(self) -> np.ndarray | None:
+        """(N, T, T, 3) uint8 thumbnails; row i is samples row i."""
+        return self._npy("thumbs.npy")
+
+    def thumbnail(self, index: int) -> np.ndarray | None:
+        t = self.thumbs()
+        return None if t is None or not 0 <= index < len(t) else np.asarray(t[index])
+
+    def log_path(self) -> Path:
+        return self.dir / "run.log"
+
+    def missing(self) -> list[str]:
+        need = ["config.json", "status.json", "samples.csv", "thumbs.npy", "features_pre.npy"]
+        return [n for n in need if not (self.dir / n).exists()]
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status.get("state") == "finished" and not self.missing()
