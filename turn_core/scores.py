@@ -1,0 +1,160 @@
+"""Suspicion scores, flag rules and suggested labels, as plain functions over arrays.
+
+Inputs are collected in a ``Signals`` bundle once per run; every score and flag rule is a
+function registered by name (``SCORES``, ``FLAG_RULES``) so the paper's rule and ours sit side by
+side and the benchmark can run each. Higher suspicion = more likely mislabeled, in [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Signals:
+    """Everything a score may look at. N samples, K classes, D feature dims."""
+
+    labels: np.ndarray                 # (N,) given labels
+    probs: np.ndarray                  # (N, K) final model's softmax
+    clean_prob: np.ndarray             # (N,) paper's GMM clean posterior on the final losses
+    losses: np.ndarray                 # (E, N) per-sample CE after LP and after each FFT epoch
+    knn_probs: np.ndarray              # (N, K) label distribution of the k nearest neighbours
+    tau: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return self.probs.shape[1]
+
+
+def rank01(x: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties averaged): puts signals of any scale on one footing."""
+    from scipy.stats import rankdata
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 2:
+        return np.zeros_like(x)
+    return (rankdata(x) - 1) / (x.size - 1)
+
+
+def knn_label_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, k: int = 10,
+                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine k-NN label vote (SimiFeat-style), excluding each sample itself.
+
+    features (N, D); returns (probs (N, K): share of neighbours per class, neighbours (N, k)).
+    """
+    f = np.asarray(features, dtype=np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    n = len(f)
+    k = max(1, min(k, n - 1))
+    nbrs = np.zeros((n, k), dtype=np.int64)
+    for s in range(0, n, chunk):
+        sim = f[s:s + chunk] @ f.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, s + rows] = -np.inf  # not your own neighbour
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1)
+        nbrs[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+    probs = np.zeros((n, n_classes))
+    np.add.at(probs, (np.repeat(np.arange(n), k), labels[nbrs].ravel()), 1.0 / k)
+    return probs, nbrs
+
+
+def _p_given(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return p[np.arange(len(labels)), labels]
+
+
+def margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """p(given) − max p(other class), in [−1, 1]."""
+    p = np.asarray(probs, dtype=np.float64)
+    given = _p_given(p, labels)
+    other = p.copy()
+    other[np.arange(len(labels)), labels] = -np.inf
+    return given - other.max(axis=1)
+
+
+# ------------------------------------------------------------------------------------- scores
+SCORES: dict[str, Callable[[Signals], np.ndarray]] = {}
+
+
+def register_score(name: str):
+    def deco(fn):
+        SCORES[name] = fn
+        return fn
+    return deco
+
+
+@register_score("paper")
+def score_paper(s: Signals) -> np.ndarray:
+    """1 − the paper's GMM clean posterior on the final per-sample CE loss."""
+    return 1.0 - s.clean_prob
+
+
+@register_score("ensemble")
+def score_ensemble(s: Signals) -> np.ndarray:
+    """Mean of the ranks of three views that err differently:
+
+    * the loss averaged over every Phase-II pass (after LP and each FFT epoch) — steadier than
+      the last epoch's loss alone;
+    * the final model's margin against the given label;
+    * disagreement of the given label with its neighbours in the fine-tuned feature space.
+    """
+    views = [rank01(s.losses.mean(axis=0)), rank01(-margin(s.probs, s.labels)),
+             rank01(1.0 - _p_given(s.knn_probs, s.labels))]
+    return np.mean(views, axis=0)
+
+
+# --------------------------------------------------------------------------------- flag rules
+FLAG_RULES: dict[str, Callable[[Signals, np.ndarray], np.ndarray]] = {}
+
+
+def register_flag_rule(name: str):
+    def deco(fn):
+        FLAG_RULES[name] = fn
+        return fn
+    return deco
+
+
+@register_flag_rule("paper")
+def flag_paper(s: Signals, suspicion: np.ndarray) -> np.ndarray:
+    """Flag where the clean posterior falls below τ (the samples TURN would not train on)."""
+    return s.clean_prob < s.tau
+
+
+@register_flag_rule("ensemble")
+def flag_ensemble(s: Signals, suspicion: np.ndarray) -> np.ndarray:
+    """Flag where the combined model + neighbour vote prefers another class over the given one."""
+    combined = suggestion_probs(s)
+    return combined.argmax(axis=1) != s.labels
+
+
+def suggestion_probs(s: Signals) -> np.ndarray:
+    """Class probabilities behind the suggested label: model softmax and neighbour vote, averaged."""
+    return 0.5 * s.probs + 0.5 * s.knn_probs
+
+
+def suggest_labels(s: Signals, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Suggested label (N,) — the best other class for flagged samples, the given one otherwise —
+    and the confidence (N,) of that suggestion."""
+    p = suggestion_probs(s)
+    other = p.copy()
+    other[np.arange(len(s.labels)), s.labels] = -np.inf
+    best_other = other.argmax(axis=1)
+    suggested = np.where(flagged, best_other, s.labels)
+    return suggested, p[np.arange(len(suggested)), suggested]
+
+
+def score_and_flag(s: Signals, score: str = "ensemble", flag_rule: str = "ensemble") -> dict:
+    """Apply the named score and flag rule; return suspicion, flagged, suggested, confidence."""
+    from .errors import InputError
+
+    if score not in SCORES:
+        raise InputError(f"score {score!r} is not one of {', '.join(SCORES)}")
+    if flag_rule not in FLAG_RULES:
+        raise InputError(f"flag_rule {flag_rule!r} is not one of {', '.join(FLAG_RULES)}")
+    suspicion = np.clip(SCORES[score](s), 0.0, 1.0)
+    flagged = FLAG_RULES[flag_rule](s, suspicion).astype(bool)
+    suggested, confidence = suggest_labels(s, flagged)
+    return {"suspicion": suspicion, "flagged": flagged, "suggested": suggested, "confidence": confidence}

@@ -1,0 +1,222 @@
+"""Torch building blocks of TURN: batches from the uint8 cache, feature/logit passes, linear
+probing on cached features, and one full fine-tuning epoch.
+
+Images come from the (N, S, S, 3) uint8 cache built once per run (turn_core.images), so no epoch
+re-decodes a file. Every loop checks the cancellation token between batches.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .losses import gce_loss
+from .progress import CancelToken, check
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    mean: torch.Tensor        # (1, 3, 1, 1) on device
+    std: torch.Tensor
+    batch_size: int = 128
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        # bf16 autocast on CUDA (no loss scaling needed); full precision on CPU, where bf16 is
+        # slower on most hosts.
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else _NullContext()
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import InputError
+
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def make_runtime(device: torch.device, mean, std, batch_size: int) -> Runtime:
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return Runtime(device, m, s, batch_size)
+
+
+def to_input(images: np.ndarray, rt: Runtime) -> torch.Tensor:
+    """(B, S, S, 3) uint8 → normalised (B, 3, S, S) float on the runtime's device."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(rt.device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - rt.mean) / rt.std
+    return x.contiguous(memory_format=torch.channels_last) if rt.cuda else x
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop with S/8 reflect padding and horizontal flip (the standard CIFAR recipe)."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
+    out = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    if flip:
+        m = torch.rand(b, generator=gen) < 0.5
+        out[m] = out[m].flip(3)
+    return out
+
+
+def features_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-logit features f(x; θ) (B, D) and logits g(f) (B, K) in one forward."""
+    feats = model.forward_head(model.forward_features(x), pre_logits=True)
+    return feats, model.get_classifier()(feats)
+
+
+@torch.no_grad()
+def forward_pass(model, images: np.ndarray, rt: Runtime, *, indices: np.ndarray | None = None,
+                 progress: Callable | None = None, cancel: CancelToken | None = None,
+                 phase: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode pass over ``images[indices]``: returns (features (N, D) f32, logits (N, K) f32)."""
+    model.eval()
+    idx = np.arange(len(images)) if indices is None else np.asarray(indices)
+    feats, logits = [], []
+    steps = (len(idx) + rt.batch_size - 1) // rt.batch_size
+    t0 = time.time()
+    for s in range(steps):
+        check(cancel)
+        b = idx[s * rt.batch_size:(s + 1) * rt.batch_size]
+        with rt.autocast():
+            f, z = features_and_logits(model, to_input(images[b], rt))
+        feats.append(f.float().cpu().numpy())
+        logits.append(z.float().cpu().numpy())
+        if progress:
+            done = min((s + 1) * rt.batch_size, len(idx))
+            progress({"phase": phase, "kind": "step", "step": s + 1, "steps": steps,
+                      "images_per_s": done / max(time.time() - t0, 1e-6)})
+    d = model.num_features
+    k = model.get_classifier().out_features
+    return (np.concatenate(feats) if feats else np.zeros((0, d), np.float32),
+            np.concatenate(logits) if logits else np.zeros((0, k), np.float32))
+
+
+def per_sample_ce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """CE loss of each sample (N,) from logits (N, K) and int labels (N,)."""
+    z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    return F.cross_entropy(z, torch.from_numpy(np.asarray(labels, dtype=np.int64)), reduction="none").numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=1).numpy()
+
+
+def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, *, loss: str = "gce",
+                      q: float = 0.7, epochs: int = 20, lr: float = 1e-2, weight_decay: float = 0.0,
+                      batch_size: int = 128, seed: int = 0, progress: Callable | None = None,
+                      cancel: CancelToken | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Phase I: a linear head g(z; φ) on frozen, cached features.
+
+    features (N, D) float; labels (N,) int. ``loss`` is "gce" (TURN, q) or "ce". Adam (the paper
+    does not name LP's optimiser; Adam converges in 20 epochs on any feature scale).
+    Returns (weight (K, D), bias (K,), mean loss per epoch).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    head = torch.nn.Linear(x.shape[1], n_classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    history = []
+    steps = (len(x) + batch_size - 1) // batch_size
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for s in range(steps):
+            check(cancel)
+            b = perm[s * batch_size:(s + 1) * batch_size]
+            z = head(x[b])
+            l = gce_loss(z, y[b], q) if loss == "gce" else F.cross_entropy(z, y[b])
+            opt.zero_grad()
+            l.backward()
+            opt.step()
+            total += float(l) * len(b)
+        history.append(total / max(len(x), 1))
+        if progress:
+            progress({"phase": "lp", "kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": history[-1]})
+    return head.weight.detach().clone(), head.bias.detach().clone(), history
+
+
+def set_head(model, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.device))
+        head.bias.copy_(bias.to(head.bias.device))
+
+
+def make_fft_optimizer(model, lr: float, momentum: float, weight_decay: float, head_lr_mult: float = 1.0):
+    """SGD over θ and φ (FFT). The paper does not name FFT's optimiser; SGD with a small learning
+    rate keeps the pretrained features (Observation 1)."""
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    return torch.optim.SGD([{"params": body, "lr": lr},
+                            {"params": list(model.get_classifier().parameters()), "lr": lr * head_lr_mult}],
+                           lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _set_train_mode(model, freeze_bn_stats: bool) -> None:
+    model.train()
+    if freeze_bn_stats:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def fft_epoch(model, images: np.ndarray, indices: np.ndarray, labels: np.ndarray, opt, rt: Runtime, *,
+              epoch: int, epochs: int, seed: int, augment_images: bool = True, flip: bool = True,
+              freeze_bn_stats: bool = True, progress: Callable | None = None,
+              cancel: CancelToken | None = None) -> float:
+    """One epoch of full fine-tuning with CE on ``images[indices]`` labelled ``labels[indices]``."""
+    _set_train_mode(model, freeze_bn_stats)
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = np.asarray(indices)[torch.randperm(len(indices), generator=gen).numpy()]
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    steps = (len(order) + rt.batch_size - 1) // rt.batch_size
+    total, seen, t0 = 0.0, 0, time.time()
+    for s in range(steps):
+        check(cancel)
+        b = np.sort(order[s * rt.batch_size:(s + 1) * rt.batch_size])
+        if len(b) < 2 and not freeze_bn_stats:
+            continue  # batch norm in train mode cannot take a batch of one
+        x = to_input(images[b], rt)
+        if augment_images:
+            x = augment(x, gen, flip)
+        y = y_all[b].to(rt.device)
+        with rt.autocast():
+            _, z = features_and_logits(model, x)
+            loss = F.cross_entropy(z.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss) * len(b)
+        seen += len(b)
+        if progress:
+            progress({"phase": "fft", "kind": "step", "epoch": epoch, "epochs": epochs, "step": s + 1,
+                      "steps": steps, "loss": float(loss), "images_per_s": seen / max(time.time() - t0, 1e-6)})
+    return total / max(seen, 1)
