@@ -1,0 +1,212 @@
+"""turn_core.review: decisions in review.sqlite (WAL, append-only history, undo, concurrency)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fakerun import CLASSES, make_fake_run  # noqa: E402
+
+from turn_core.errors import InputError  # noqa: E402
+from turn_core.review import DECISIONS, SCHEMA_VERSION, ReviewStore, schema_version  # noqa: E402
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_fake_run(tmp_path / "run", n=60)
+
+
+def test_record_latest_history(run):
+    s = ReviewStore(run)
+    assert s.latest() == {} and s.history() == [] and s.count_reviewed() == 0
+    assert not (run / "review.sqlite").exists()  # reading creates nothing
+    id1 = s.record(3, "accept", "dog", "ann")
+    id2 = s.record(3, "relabel", "café", "bob")
+    id3 = s.record(7, "exclude", "cat", "ann")  # a label given with exclude is dropped
+    assert id1 < id2 < id3
+    latest = s.latest()
+    assert set(latest) == {3, 7}
+    assert (latest[3].decision, latest[3].final_label, latest[3].reviewer) == ("relabel", "café", "bob")
+    assert (latest[7].decision, latest[7].final_label) == ("exclude", None)
+    assert [d.decision for d in s.history(3)] == ["accept", "relabel"]
+    assert [d.index for d in s.history()] == [3, 3, 7]
+    assert s.count_reviewed() == 2
+    assert s.counts() == {"accept": 0, "relabel": 1, "keep": 0, "exclude": 1}
+    assert s.get(3).final_label == "café" and s.get(4) is None
+    assert all(d.created_at > 1e9 for d in s.history())
+
+
+def test_persisted_across_fresh_store(run):
+    ReviewStore(run).record(5, "keep", CLASSES[0], "ann", session_id="browser-1")
+    # a brand-new store (new connection, as after an app restart) sees it
+    d = ReviewStore(run).latest()[5]
+    assert (d.decision, d.final_label, d.reviewer, d.session_id) == ("keep", CLASSES[0], "ann", "browser-1")
+    con = sqlite3.connect(run / "review.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 1
+    con.close()
+
+
+def test_wal_mode_on(run):
+    ReviewStore(run).record(0, "keep", "cat", "ann")
+    con = sqlite3.connect(run / "review.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    assert schema_version(run) == SCHEMA_VERSION
+
+
+def test_undo_walks_back(run):
+    s = ReviewStore(run)
+    s.record(1, "accept", "dog", "ann")
+    s.record(1, "relabel", "bird, small", "ann")
+    s.record(1, "exclude", None, "ann")
+    undone = s.undo(1)
+    assert undone.decision == "exclude"
+    assert s.latest()[1].final_label == "bird, small"
+    assert s.undo(1).decision == "relabel"
+    assert s.latest()[1].decision == "accept"
+    assert s.undo(1).decision == "accept"
+    assert 1 not in s.latest() and s.count_reviewed() == 0
+    assert s.undo(1) is None  # nothing left: no row written
+    hist = s.history(1)
+    assert [d.decision for d in hist] == ["accept", "relabel", "exclude", "undo", "undo", "undo"]
+    assert [d.undoes for d in hist[3:]] == [hist[2].id, hist[1].id, hist[0].id]
+    # deciding again after undoing works as usual
+    s.record(1, "keep", "cat", "ann")
+    assert s.latest()[1].decision == "keep"
+
+
+def test_undo_last_per_reviewer(run):
+    s = ReviewStore(run)
+    s.record(1, "accept", "dog", "ann")
+    s.record(2, "accept", "cat", "ann")
+    s.record(2, "relabel", "café", "bob")   # bob overrides ann on image 2
+    s.record(3, "keep", "cat", "bob")
+    d = s.undo_last("ann")
+    assert (d.index, d.reviewer) == (2, "ann")
+    # bob's later decision on image 2 still stands
+    assert s.latest()[2].final_label == "café"
+    assert s.undo_last("ann").index == 1
+    assert 1 not in s.latest()
+    assert s.undo_last("ann") is None
+    assert s.undo_last("bob").index == 3
+    assert s.undo_last("bob").index == 2
+    # after bob's undo, ann's earlier decision on 2 was already undone → unreviewed
+    assert s.latest() == {}
+
+
+def test_record_many_one_transaction(run):
+    s = ReviewStore(run)
+    ids = s.record_many([(0, "accept", "dog"), (1, "accept", "cat"), (2, "exclude", None)], "ann")
+    assert len(ids) == 3 and ids == sorted(ids)
+    assert set(s.latest()) == {0, 1, 2}
+    # one invalid item → nothing of the batch is written
+    with pytest.raises(InputError, match="horse"):
+        s.record_many([(3, "accept", "dog"), (4, "accept", "horse")], "ann")
+    assert set(s.latest()) == {0, 1, 2}
+    assert s.record_many([], "ann") == []
+
+
+@pytest.mark.parametrize("args, match", [
+    ((0, "approve", "cat"), "approve"),
+    ((0, "relabel", "horse"), "horse"),
+    ((0, "accept", None), "needs a final label"),
+    ((0, "keep", ""), "needs a final label"),
+    ((-1, "keep", "cat"), "-1"),
+    ((60, "keep", "cat"), "out of range"),
+    (("x", "keep", "cat"), "not an integer"),
+])
+def test_invalid_input(run, args, match):
+    s = ReviewStore(run)
+    with pytest.raises(InputError, match=match):
+        s.record(*args, reviewer="ann")
+    assert s.history() == []
+
+
+def test_missing_run_dir(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        ReviewStore(tmp_path / "nope")
+
+
+def test_half_written_run_dir(tmp_path):
+    # a run that died before writing config.json / samples.csv: nothing to validate against,
+    # but the store opens and records (decision names are still checked)
+    d = tmp_path / "half"
+    d.mkdir()
+    (d / "status.json").write_text('{"state": "failed"}')
+    s = ReviewStore(d)
+    assert s.latest() == {}
+    s.record(10, "relabel", "anything", "ann")
+    assert s.latest()[10].final_label == "anything"
+    with pytest.raises(InputError):
+        s.record(10, "nonsense", "anything", "ann")
+
+
+def test_older_database_opens(run):
+    # version 1 layout: no schema_version table, no session_id / undoes columns
+    con = sqlite3.connect(run / "review.sqlite")
+    con.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, sample_index INTEGER "
+                "NOT NULL, decision TEXT NOT NULL, final_label TEXT, reviewer TEXT NOT NULL DEFAULT '', "
+                "created_at REAL NOT NULL)")
+    con.execute("INSERT INTO decisions (sample_index, decision, final_label, reviewer, created_at) "
+                "VALUES (4, 'relabel', 'dog', 'old', 1.0)")
+    con.commit()
+    con.close()
+    assert schema_version(run) == 1
+    s = ReviewStore(run)
+    assert s.latest()[4].final_label == "dog"
+    s.record(4, "keep", "cat", "new")
+    assert s.undo(4).reviewer == "new"
+    assert s.latest()[4].reviewer == "old"
+    assert schema_version(run) == SCHEMA_VERSION
+
+
+def test_threads_lose_nothing(run):
+    s = ReviewStore(run)  # one store shared by threads, like two Streamlit sessions
+
+    def work(name):
+        for i in range(50):
+            s.record(i, "accept", CLASSES[i % len(CLASSES)], name)
+
+    threads = [threading.Thread(target=work, args=(f"t{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    hist = s.history()
+    assert len(hist) == 200
+    assert {r: sum(d.reviewer == r for d in hist) for r in ("t0", "t1", "t2", "t3")} == dict.fromkeys(
+        ("t0", "t1", "t2", "t3"), 50)
+
+
+def _write_decisions(run_dir: str, reviewer: str, n: int, start) -> None:
+    start.wait()
+    s = ReviewStore(run_dir)
+    for i in range(n):
+        s.record(i % 200, DECISIONS[i % 3], CLASSES[i % len(CLASSES)], reviewer)
+
+
+def test_two_processes_lose_no_update(tmp_path):
+    run = make_fake_run(tmp_path / "run", n=200)
+    ReviewStore(run).record(0, "keep", "cat", "setup")  # create the file before the race
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_write_decisions, args=(str(run), f"p{k}", 200, start)) for k in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    hist = ReviewStore(run).history()
+    assert len(hist) == 401
+    for who in ("p0", "p1"):
+        mine = [d for d in hist if d.reviewer == who]
+        assert [d.index for d in mine] == list(range(200))
+    assert len({d.id for d in hist}) == 401
