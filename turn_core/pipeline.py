@@ -253,6 +253,15 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     logits = feats_pre @ w.numpy().T + b.numpy()
     loss_history = [per_sample_ce(logits, labels)]
     timings["lp"] = _timed(emit, "lp", t0)
+    from .metrics import accuracy, detection_metrics
+
+    test_truth = None
+    lp_test_accuracy = None
+    if test is not None and len(test.paths):
+        test_truth = test.clean_labels if test.clean_labels is not None else test.labels
+        _, test_logits = forward_pass(model, test_imgs, rt, cancel=cancel, phase="test")
+        lp_test_accuracy = accuracy(test_logits.argmax(axis=1), test_truth)
+        emit({"phase": "lp", "kind": "info", "test_accuracy": lp_test_accuracy})
 
     # 6. Phase II ----------------------------------------------------------------------------
     gmm_log = []
@@ -302,6 +311,7 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
                     "fits": [f.to_dict() for f in fits], **_gmm_summary(fits[0])})
     writer.write_json("gmm.json", gmm_log)
     probs = softmax(logits)
+    writer.write_npy("probs.npy", probs.astype(np.float32))
     knn_probs, _ = knn_label_probs(feats_post, labels, k, config.knn_k)
     sig = Signals(labels=labels, probs=probs, clean_prob=clean_prob, losses=np.stack(loss_history),
                   knn_probs=knn_probs, tau=config.tau)
@@ -327,8 +337,6 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
 
     metrics = {"method": config.method, "n_train": int(len(labels)), "n_flagged": int(result["flagged"].sum()),
                "n_classes": k, "timings": timings}
-    from .metrics import accuracy, detection_metrics
-
     if truth is not None:
         is_noisy = truth != labels
         metrics["detection"] = detection_metrics(is_noisy, result["flagged"], result["suspicion"])
@@ -337,10 +345,11 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
         if is_noisy.any():
             metrics["suggestion_accuracy_on_errors"] = float(np.mean(result["suggested"][is_noisy] == truth[is_noisy]))
         metrics["train_accuracy_vs_truth"] = accuracy(predicted, truth)
-    if test is not None and len(test.paths):
-        _, test_logits = forward_pass(model, test_imgs, rt, cancel=cancel, phase="test")
-        truth_test = test.clean_labels if test.clean_labels is not None else test.labels
-        metrics["test_accuracy"] = accuracy(test_logits.argmax(axis=1), truth_test)
+    if test_truth is not None:
+        if len(loss_history) > 1:  # the model changed since LP
+            _, test_logits = forward_pass(model, test_imgs, rt, cancel=cancel, phase="test")
+        metrics["test_accuracy"] = accuracy(test_logits.argmax(axis=1), test_truth)
+        metrics["test_accuracy_lp"] = lp_test_accuracy
         metrics["n_test"] = int(len(test.paths))
     timings["score"] = _timed(emit, "score", t0)
     metrics["timings"] = timings

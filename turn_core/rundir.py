@@ -13,6 +13,7 @@ Layout (every file optional until the run reaches the step that writes it)::
       gmm.json             [{"epoch", "means", "variances", "weights", "clean_component", "tau"}]
       features_pre.npy     float16 (N, D): pretrained features of the training images
       features_post.npy    float16 (N, D): features after FFT (TURN / CE-FFT only)
+      probs.npy            float32 (N, K): final model's class probabilities
       thumbs.npy           uint8 (N, T, T, 3): a thumbnail of every training image, row = sample
       model.safetensors    final weights
       skipped.csv          path,reason — files that could not be used

@@ -156,7 +156,7 @@ def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, 
             opt.zero_grad()
             l.backward()
             opt.step()
-            total += float(l) * len(b)
+            total += l.item() * len(b)
         history.append(total / max(len(x), 1))
         if progress:
             progress({"phase": "lp", "kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": history[-1]})
@@ -214,9 +214,9 @@ def fft_epoch(model, images: np.ndarray, indices: np.ndarray, labels: np.ndarray
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss) * len(b)
+        total += loss.item() * len(b)
         seen += len(b)
         if progress:
             progress({"phase": "fft", "kind": "step", "epoch": epoch, "epochs": epochs, "step": s + 1,
-                      "steps": steps, "loss": float(loss), "images_per_s": seen / max(time.time() - t0, 1e-6)})
+                      "steps": steps, "loss": loss.item(), "images_per_s": seen / max(time.time() - t0, 1e-6)})
     return total / max(seen, 1)

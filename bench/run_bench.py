@@ -1,0 +1,178 @@
+"""TURN Audit vs its peers on CIFAR-10N (not part of the test suite).
+
+    .venv/bin/python bench/run_bench.py [--work /tmp/turn-bench] [--settings aggre,random1,sym40,asym40]
+
+For each label setting, on the same 4,000 train / 1,000 test CIFAR-10 images at 64 px
+(``../shared/data/cifar10n.py OUT --n-train 4000 --n-test 1000``):
+  * TURN training once; scored with the product's default score + flag rule and with the paper's
+    own GMM rule (scoring does not change training, so one run serves both);
+  * cleanlab ``find_label_issues`` on 5-fold CV logistic regression over the same backbone's
+    pretrained features; k-NN label vote (k = 10, 25, cosine) on those features;
+  * test accuracy of TURN, CE-FFT, GCE-LP and CE-LP (each a real pipeline run).
+Prints one table per setting plus a summary; writes ``results.json`` into the work folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from turn_core.config import RunConfig  # noqa: E402
+from turn_core.metrics import detection_metrics  # noqa: E402
+from turn_core.pipeline import run  # noqa: E402
+from turn_core.rundir import Run  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "cifar10n.py"
+SETTINGS = {
+    # name: (label set written by cifar10n.py, synthetic noise on the clean labels)
+    "aggre": ("aggre", None),
+    "random1": ("random1", None),
+    "sym40": ("clean", ("symmetric", 0.4)),
+    "asym40": ("clean", ("asymmetric", 0.4)),
+}
+
+
+def materialise(work: Path, labels: str, n_train: int, n_test: int) -> Path:
+    out = work / f"cifar10n-{labels}-{n_train}"
+    if not (out / "train.csv").exists():
+        subprocess.run([sys.executable, str(SHARED), str(out), "--labels", labels,
+                        "--n-train", str(n_train), "--n-test", str(n_test)], check=True)
+    return out
+
+
+def manifest(folder: Path) -> Path:
+    """One CSV with split=train/test so a single dataset carries both (and clean_label)."""
+    out = folder / "all.csv"
+    if not out.exists():
+        import csv
+
+        rows = []
+        with open(folder / "train.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append([r["path"], r["label"], "train", r["clean_label"]])
+        with open(folder / "test.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append([r["path"], r["label"], "test", r["label"]])
+        with open(out, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["path", "label", "split", "clean_label"])
+            w.writerows(rows)
+    return out
+
+
+def run_method(data: Path, out: Path, method: str, noise, args) -> tuple[Run, float]:
+    cfg = RunConfig(data=str(data), out=str(out), method=method, image_size=args.image_size,
+                    seed=args.seed, batch_size=args.batch_size, num_threads=args.threads)
+    if noise:
+        cfg.inject_noise, cfg.inject_noise_rate = noise
+    t0 = time.time()
+    if not (out / "metrics.json").exists() or args.fresh:
+        run(cfg)
+    return Run(out), time.time() - t0
+
+
+def peers(r: Run) -> dict:
+    from turn_core.baselines import cleanlab_cv_lr, knn_vote
+
+    s = r.samples()
+    classes = r.classes
+    idx = {c: i for i, c in enumerate(classes)}
+    given = s["given_label"].map(idx).to_numpy()
+    truth = s["clean_label"].map(idx).to_numpy()
+    noisy = given != truth
+    feats = np.asarray(r.features("pre"), dtype=np.float32)
+    out = {}
+    t0 = time.time()
+    cl = cleanlab_cv_lr(feats, given)
+    out["cleanlab CV-LR"] = {**detection_metrics(noisy, cl["flagged"], cl["suspicion"]),
+                             "seconds": time.time() - t0,
+                             "suggest_acc": float(np.mean(cl["probs"].argmax(1)[noisy] == truth[noisy]))}
+    for k in (10, 25):
+        t0 = time.time()
+        kv = knn_vote(feats, given, len(classes), k)
+        out[f"kNN vote k={k}"] = {**detection_metrics(noisy, kv["flagged"], kv["suspicion"]),
+                                  "seconds": time.time() - t0,
+                                  "suggest_acc": float(np.mean(kv["probs"].argmax(1)[noisy] == truth[noisy]))}
+    return out
+
+
+def ours(r: Run) -> dict:
+    m = r.metrics
+    t = m["timings"]
+    s = r.samples()
+    noisy = s["is_noisy"].to_numpy().astype(bool)
+    sugg_acc = float(np.mean((s["suggested_label"] == s["clean_label"]).to_numpy()[noisy]))
+    return {
+        "TURN Audit default": {**m["detection"], "seconds": sum(t.values()), "suggest_acc": sugg_acc, "timings": t},
+        "TURN paper GMM rule": {**m["detection_paper_rule"], "seconds": sum(t.values()),
+                                "suggest_acc": float(np.mean((s["predicted_label"] == s["clean_label"]).to_numpy()[noisy]))},
+    }
+
+
+def fmt_row(name: str, d: dict) -> str:
+    return (f"| {name} | {d['precision']:.3f} | {d['recall']:.3f} | {d['f1']:.3f} | {d.get('auroc', float('nan')):.3f} "
+            f"| {d.get('suggest_acc', float('nan')):.3f} | {d['seconds']:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/turn-bench"))
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--methods", default="turn,ce-fft,gce-lp,ce-lp")
+    ap.add_argument("--n-train", type=int, default=4000)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fresh", action="store_true", help="re-run even when a run directory exists")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"cuda={torch.cuda.is_available()}; torch {torch.__version__}")
+    results = {}
+    for name in args.settings.split(","):
+        label_set, noise = SETTINGS[name]
+        data = manifest(materialise(args.work, label_set, args.n_train, args.n_test))
+        res = {"detection": {}, "test_accuracy": {}, "timings": {}}
+        for method in args.methods.split(","):
+            r, _ = run_method(data, args.work / "runs" / f"{name}-{method}", method, noise, args)
+            res["test_accuracy"][method] = r.metrics.get("test_accuracy")
+            res["timings"][method] = r.metrics.get("timings")
+            if method == "turn":
+                res["test_accuracy"]["turn (after LP)"] = r.metrics.get("test_accuracy_lp")
+                res["noise_rate"] = r.metrics.get("noise_rate")
+                res["detection"].update(ours(r))
+                res["detection"].update(peers(r))
+        results[name] = res
+        print(f"\n### {name} (noise rate {res.get('noise_rate', float('nan')):.3f})")
+        print("| method | precision | recall | F1 | AUROC | suggestion = truth on errors | seconds |")
+        print("|---|---|---|---|---|---|---|")
+        for k, d in res["detection"].items():
+            print(fmt_row(k, d))
+        print("test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in res["test_accuracy"].items() if v is not None))
+        if "turn" in res["timings"]:
+            print("TURN wall time per phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in res["timings"]["turn"].items()))
+        (args.work / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    print("\n### summary: default minus best peer (F1, AUROC)")
+    for name, res in results.items():
+        d = res["detection"]
+        best_f1 = max(v["f1"] for k, v in d.items() if not k.startswith("TURN"))
+        best_auc = max(v["auroc"] for k, v in d.items() if not k.startswith("TURN"))
+        o = d["TURN Audit default"]
+        print(f"{name}: ΔF1 {o['f1'] - best_f1:+.3f}, ΔAUROC {o['auroc'] - best_auc:+.3f}")
+
+
+if __name__ == "__main__":
+    main()
