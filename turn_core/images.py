@@ -85,8 +85,12 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *,
     except UnidentifiedImageError:
         raise ImageSkip("not an image (cannot identify image file)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        # Pillow's own (global) guard fired first; report it in our words.
-        raise ImageSkip(f"decompression bomb: {e}") from None
+        # Pillow's own guard (2 × Image.MAX_IMAGE_PIXELS, global) fired inside Image.open,
+        # before our check could see the size; report it in the same words.
+        numbers = re.findall(r"\d+", str(e))
+        detail = (f"{numbers[0]} pixels exceeds limit {numbers[1]}" if len(numbers) >= 2
+                  else str(e))
+        raise ImageSkip(f"decompression bomb: {detail}") from None
     except PermissionError as e:
         raise ImageSkip(f"unreadable: {e.strerror or e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error) as e:
