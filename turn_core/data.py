@@ -181,7 +181,7 @@ def _class_list(names, classes: list[str] | None, where: str, rows=None) -> list
     allowed = set(classes)
     for i, n in enumerate(names):
         if n not in allowed:
-            at = f" (row {rows[i]})" if rows is not None else ""
+            at = f" row {rows[i]}" if rows is not None else ""
             raise InputError(f"{where}{at}: label {n!r} is not one of the {len(classes)} "
                              "classes of the training set")
     return list(classes)
