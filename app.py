@@ -1,0 +1,87 @@
+"""TURN Audit — the Streamlit workbench (frame: page config, navigation, run picker).
+
+    streamlit run app.py
+
+Runs live under ``$TURN_AUDIT_RUNS`` (default ``./runs``). Each page is a file in ``pages/``;
+shared helpers are in ``pages/_shared.py``. The one background job registry is process-wide
+(``st.cache_resource``), so a refresh or a second tab sees the same live run.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pages import _shared as sh  # noqa: E402
+from turn_core.rundir import list_runs  # noqa: E402
+
+st.set_page_config(page_title="TURN Audit", page_icon=str(ROOT / "assets" / "icon.png")
+                   if (ROOT / "assets" / "icon.png").exists() else "🔎", layout="wide")
+
+sh.startup()
+
+# ---------------------------------------------------------------- run picker (sidebar)
+runs = list_runs(sh.runs_root())
+names = [r.name for r in runs]
+by_name = {r.name: r for r in runs}
+
+pending = st.session_state.pop("_pending_run", None)
+if pending and pending not in by_name:
+    # A run just started: its thread creates the folder within moments.
+    for _ in range(30):
+        if (sh.runs_root() / pending / "status.json").exists():
+            runs = list_runs(sh.runs_root())
+            names = [r.name for r in runs]
+            by_name = {r.name: r for r in runs}
+            break
+        time.sleep(0.1)
+    else:
+        st.session_state["_pending_run"] = pending  # try again on the next rerun
+if pending is not None and (pending in by_name or pending == ""):
+    st.session_state["run"] = pending or None
+elif "run" not in st.session_state or st.session_state.get("run") not in by_name:
+    q = st.query_params.get("run")
+    if q in by_name:
+        st.session_state["run"] = q
+    elif st.session_state.get("run") not in by_name:
+        st.session_state["run"] = names[0] if names else None
+
+with st.sidebar:
+    st.markdown("### 🔎 TURN Audit")
+    if names:
+        st.selectbox("Run", names, key="run",
+                     format_func=lambda n: f"{sh.STATE_ICONS.get(by_name[n].state, '')} {n}",
+                     help="Every run under the runs folder, newest first. "
+                          "Runs started from the CLI appear here too.")
+    else:
+        st.caption("No runs yet.")
+    st.text_input("Reviewer name", key="reviewer", placeholder="anonymous",
+                  help="Stored with every review decision.")
+    job = sh.current_job_snapshot()
+    if job and job.get("state") == "running":
+        st.info(f"Training: {Path(str(job.get('run_dir', ''))).name}")
+    st.caption(f"Runs folder: `{sh.runs_root()}`")
+
+if st.session_state.get("run"):
+    if st.query_params.get("run") != st.session_state["run"]:
+        st.query_params["run"] = st.session_state["run"]
+elif "run" in st.query_params:
+    del st.query_params["run"]
+
+# ---------------------------------------------------------------- navigation
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon="📋", default=True),
+    st.Page("pages/data_run.py", title="Data & run", icon="📁"),
+    st.Page("pages/training.py", title="Training", icon="🏋️"),
+    st.Page("pages/losses.py", title="Loss distributions", icon="📊"),
+    st.Page("pages/clusters.py", title="Feature clusters", icon="🗺️"),
+    st.Page("pages/review.py", title="Review", icon="✅"),
+    st.Page("pages/export.py", title="Export", icon="📤"),
+]
+st.navigation(PAGES).run()

@@ -1,0 +1,232 @@
+"""Shared UI helpers of the workbench (not a page: app.py does not register it).
+
+Holds the process-wide job registry (``st.cache_resource``), the runs root, the selected run,
+cached readers of the run directory and small widgets every page uses. No algorithm code:
+derived data comes from ``turn_core.views`` / ``turn_core.projections``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from turn_core import views
+from turn_core.rundir import Run, list_runs
+
+RUNS_ENV = "TURN_AUDIT_RUNS"
+DEFAULTS_ENV = "TURN_AUDIT_DEFAULTS"
+STATE_ICONS = {"running": "🟢", "finished": "✅", "failed": "❌", "cancelled": "⏹️",
+               "interrupted": "⚠️", "incomplete": "❔"}
+
+
+# --------------------------------------------------------------------------- process-wide state
+def runs_root() -> Path:
+    root = Path(os.environ.get(RUNS_ENV) or "runs").expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    return root
+
+
+@st.cache_resource(show_spinner=False)
+def _registry():
+    try:
+        from turn_core.jobs import JobRegistry
+    except ImportError:
+        return None
+    return JobRegistry()
+
+
+def registry():
+    """The one JobRegistry of this server process (None while turn_core.jobs is missing)."""
+    try:
+        return _registry()
+    except Exception:  # noqa: BLE001 - a broken registry must not take every page down
+        return None
+
+
+@st.cache_resource(show_spinner=False)
+def _recovered(root: str) -> float:
+    """Mark runs left 'running' by a dead process as interrupted, once per server and root."""
+    try:
+        from turn_core.jobs import recover_interrupted
+    except ImportError:
+        from turn_core.rundir import mark_interrupted_if_dead
+
+        for r in list_runs(root):
+            if r.state in ("running", "interrupted"):
+                mark_interrupted_if_dead(r.dir)
+        return time.time()
+    recover_interrupted(root)
+    return time.time()
+
+
+def startup() -> None:
+    try:
+        _recovered(str(runs_root()))
+    except Exception as e:  # noqa: BLE001
+        st.sidebar.warning(f"Could not check for interrupted runs: {e}")
+
+
+def current_job_snapshot() -> dict | None:
+    reg = registry()
+    if reg is None:
+        return None
+    try:
+        job = reg.current()
+        return job.snapshot() if job is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def defaults() -> dict[str, Any]:
+    """RunConfig field overrides from TURN_AUDIT_DEFAULTS (JSON), for demos and the browser test."""
+    raw = os.environ.get(DEFAULTS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        d = json.loads(raw)
+        return d if isinstance(d, dict) else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+# --------------------------------------------------------------------------- selected run
+def select_run(name: str | None) -> None:
+    """Ask the frame to select run ``name`` on the next rerun (pages run after the picker)."""
+    st.session_state["_pending_run"] = name
+
+
+def run_dir() -> Path | None:
+    name = st.session_state.get("run")
+    if not name:
+        return None
+    d = runs_root() / name
+    return d if d.is_dir() else None
+
+
+def open_run(require_samples: bool = False) -> Run | None:
+    """The selected run, or None with a message explaining what to do."""
+    d = run_dir()
+    if d is None:
+        st.info("No run selected. Start one on **Data & run**, or pick one in the sidebar.")
+        return None
+    try:
+        run = Run(d)
+    except Exception as e:  # noqa: BLE001
+        st.error(f"Cannot open run {d.name}: {e}")
+        return None
+    if require_samples and not (d / "samples.csv").exists():
+        state = run.status.get("state")
+        if state == "running":
+            st.info(f"Run **{d.name}** is still training; this page fills in when it finishes "
+                    "(see **Training**).")
+        else:
+            err = run.status.get("error")
+            st.warning(f"Run **{d.name}** is {state} and has no results (samples.csv missing)."
+                       + (f" Cause: {err}" if err else ""))
+        return None
+    return run
+
+
+def file_stamp(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _samples(run_dir_s: str, stamp: float):
+    return Run(run_dir_s).samples()
+
+
+def samples(run: Run):
+    """samples.csv as a DataFrame (cached until the file changes)."""
+    return _samples(str(run.dir), file_stamp(run.dir / "samples.csv"))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _normalised_features(run_dir_s: str, which: str, stamp: float):
+    f = Run(run_dir_s).features(which)
+    return None if f is None else views.normalise_rows(f)
+
+
+def normalised_features(run: Run, which: str = "post"):
+    """Row-normalised features for neighbour search: post-FFT when present, else pretrained."""
+    for w in ((which, "pre") if which != "pre" else ("pre",)):
+        p = run.dir / f"features_{w}.npy"
+        if p.exists():
+            f = _normalised_features(str(run.dir), w, file_stamp(p))
+            if f is not None:
+                return f
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _thumb_png(run_dir_s: str, index: int, stamp: float, min_side: int) -> bytes | None:
+    img = Run(run_dir_s).thumbnail(index)
+    return None if img is None else views.png_bytes(img, min_side)
+
+
+def thumb_png(run: Run, index: int, min_side: int = 96) -> bytes | None:
+    return _thumb_png(str(run.dir), int(index), file_stamp(run.dir / "thumbs.npy"), min_side)
+
+
+def review_store(run: Run):
+    """ReviewStore of the run (None with a message when turn_core.review is missing)."""
+    try:
+        from turn_core.review import ReviewStore
+    except ImportError:
+        st.warning("Review storage is not available in this build (turn_core.review missing).")
+        return None
+    return ReviewStore(run.dir)
+
+
+def decisions(store) -> dict:
+    if store is None:
+        return {}
+    try:
+        return store.latest()
+    except Exception as e:  # noqa: BLE001
+        st.error(f"Cannot read review decisions: {e}")
+        return {}
+
+
+def reviewed_banner(run: Run, df, store, cutoff: float | None) -> None:
+    """'N of M reviewed' for the current queue (always visible on review pages)."""
+    dec = decisions(store)
+    q = views.review_queue(df, cutoff=cutoff, decisions=dec)
+    n_rev = int((q["decision"] != "").sum()) if len(q) else 0
+    st.markdown(f"**{n_rev} of {len(q)} suspects reviewed** · {len(dec)} decisions in total")
+
+
+def cutoff_for(run: Run, df) -> float:
+    """The user's suspicion cut-off for this run (Loss page), else the run's own flag count."""
+    key = f"cutoff::{run.dir.name}"
+    if key not in st.session_state:
+        st.session_state[key] = views.default_cutoff(df)
+    return float(st.session_state[key])
+
+
+def state_label(state: str | None) -> str:
+    return f"{STATE_ICONS.get(state or '', '')} {state or 'unknown'}"
+
+
+def run_header(run: Run) -> dict:
+    st_ = run.status
+    state = st_.get("state")
+    s = run.settings
+    bits = [state_label(state), f"method **{s.get('method', st_.get('method', '?'))}**",
+            f"data `{s.get('data', '?')}`"]
+    st.caption(" · ".join([f"run **{run.dir.name}**"] + bits))
+    return st_
+
+
+def reviewer_name() -> str:
+    return st.session_state.get("reviewer") or "anonymous"
