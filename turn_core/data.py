@@ -22,6 +22,7 @@ import io
 import os
 from dataclasses import dataclass, field, replace
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,7 @@ def _load_folder(folder: Path, source: str, classes: list[str] | None) -> Datase
     names: list[str] = []
     for d in class_dirs:
         found = 0
+        class_is_link = d.is_symlink()
         # followlinks=False: a symlinked folder could loop or lead outside the root.
         for dirpath, dirnames, filenames in os.walk(d):
             dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
@@ -151,7 +153,9 @@ def _load_folder(folder: Path, source: str, classes: list[str] | None) -> Datase
                     continue
                 full = Path(dirpath) / fn
                 rel = full.relative_to(folder).as_posix()
-                if not _inside(full, real_root):
+                # Only a symlink (the file or its class folder: os.walk follows no other)
+                # can lead outside; resolving every path would cost a stat per component.
+                if (class_is_link or full.is_symlink()) and not _inside(full, real_root):
                     skipped.append((rel, "symlink points outside the folder"))
                     continue
                 paths.append(rel)
@@ -388,7 +392,7 @@ def _write_cache_file(path: Path, data: bytes) -> None:
     writes thousands of small files that can always be regenerated, and fsync on each costs
     seconds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 

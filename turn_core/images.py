@@ -294,7 +294,6 @@ def build_image_cache(files: Sequence[str | Path], size: int, cache_dir: str | P
 # --------------------------------------------------------------------------- thumbnails
 def make_thumbnails(images: np.ndarray, size: int) -> np.ndarray:
     """(N, S, S, 3) uint8 → (N, T, T, 3) uint8 with T = min(size, S) (area-averaged shrink)."""
-    images = np.asarray(images) if not isinstance(images, np.memmap) else images
     n, s = images.shape[0], images.shape[1]
     t = min(int(size), s)
     if t == s:
