@@ -195,7 +195,8 @@ def _write_decisions(run_dir: str, reviewer: str, n: int, start) -> None:
 def test_two_processes_lose_no_update(tmp_path):
     run = make_fake_run(tmp_path / "run", n=200)
     ReviewStore(run).record(0, "keep", "cat", "setup")  # create the file before the race
-    ctx = mp.get_context("spawn")
+    # fork where available: fast start (spawn re-imports everything in each child)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     start = ctx.Event()
     procs = [ctx.Process(target=_write_decisions, args=(str(run), f"p{k}", 200, start)) for k in range(2)]
     for p in procs:
@@ -210,3 +211,27 @@ def test_two_processes_lose_no_update(tmp_path):
         mine = [d for d in hist if d.reviewer == who]
         assert [d.index for d in mine] == list(range(200))
     assert len({d.id for d in hist}) == 401
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork")
+def test_store_shared_across_fork(run):
+    # a store whose connection was opened before a fork: the child must open its own
+    s = ReviewStore(run)
+    s.record(0, "keep", "cat", "parent")
+    child = mp.get_context("fork").Process(target=s.record, args=(1, "keep", "dog", "child"))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    s.record(2, "keep", "café", "parent")  # the parent's connection still works
+    assert [(d.index, d.reviewer) for d in ReviewStore(run).history()] == [
+        (0, "parent"), (1, "child"), (2, "parent")]
+
+
+def test_deleted_database_is_recreated(run):
+    s = ReviewStore(run)
+    s.record(0, "keep", "cat", "ann")  # its connection stays open while the file goes
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(run / "review.sqlite") + suffix).unlink(missing_ok=True)
+    assert s.latest() == {}
+    s.record(1, "keep", "dog", "ann")
+    assert set(ReviewStore(run).latest()) == {1}

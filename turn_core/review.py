@@ -16,14 +16,16 @@ sample is its latest live row (none: unreviewed). Undoing twice therefore walks 
 the sample's history, like an editor's undo stack.
 
 Concurrency: two browser sessions (threads of one Streamlit process) or two processes may
-review the same run. Each call opens its own connection (so there is no connection shared
-between threads), the database is in WAL mode (readers never block the writer), every write
+review the same run. Each thread uses its own connection (a ``ReviewStore`` may be shared
+between threads; a connection never is), the database is in WAL mode (readers never block
+the writer), every write
 is one short ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so a
 read-then-write such as undo cannot interleave with another writer), and ``busy_timeout``
 makes a second writer wait instead of failing. No update is lost.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -104,8 +106,7 @@ class ReviewStore:
         self.path = self.dir / DB_NAME
         self._classes: list[str] | None = None
         self._n_samples: int | None = None
-        self._init_lock = threading.Lock()
-        self._initialised = False
+        self._local = threading.local()   # one connection per thread (see _connection)
 
     # ------------------------------------------------------------------ writing
     def record(self, index: int, decision: str, final_label: str | None, reviewer: str = "",
@@ -240,28 +241,29 @@ class ReviewStore:
         self._insert(con, row["sample_index"], UNDO, None, reviewer, session_id, undoes=row["id"])
         return _decision(row)
 
+    def close(self) -> None:
+        """Close the calling thread's connection (others close when their thread ends)."""
+        con = getattr(self._local, "con", None)
+        if con is not None and self._local.pid == os.getpid():
+            con.close()
+        self._local.con = None
+
     def _connect(self) -> sqlite3.Connection:
         try:
             # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for writes).
-            con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except sqlite3.OperationalError as e:
-            raise InputError(f"cannot open review database {self.path}: {e}") from None
-        con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # FULL: a decision survives a power cut too, not only a crash of the app (a few ms).
-        con.execute("PRAGMA synchronous = FULL")
-        return con
-
-    def _ensure_schema(self) -> None:
-        with self._init_lock:
-            if self._initialised:
-                return
-            con = self._connect()
-            try:
-                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise InputError(f"cannot switch {self.path} to WAL mode (got {mode}); "
-                                     "is the run folder on a network drive?")
+            con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                  check_same_thread=True)
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # FULL: a decision survives a power cut too, not only a crash of the app (one fsync).
+            con.execute("PRAGMA synchronous = FULL")
+            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                con.close()
+                raise InputError(f"cannot switch {self.path} to WAL mode (got {mode}); "
+                                 "is the run folder on a network drive?")
+            version = _schema_version(con)
+            if version is None or version < SCHEMA_VERSION:
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     _migrate(con)
@@ -269,29 +271,61 @@ class ReviewStore:
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
-            except sqlite3.OperationalError as e:
-                raise InputError(f"cannot write review decisions to {self.path}: {e}") from None
-            finally:
+        except sqlite3.Error as e:
+            raise InputError(f"cannot open review database {self.path}: {e}") from None
+        return con
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use.
+
+        Kept open on purpose: closing the last connection to a WAL database checkpoints and
+        deletes the WAL, which costs several fsyncs per decision. Reopened after a fork (a
+        connection must never cross one) and when review.sqlite was replaced or deleted.
+        """
+        local = self._local
+        con = getattr(local, "con", None)
+        if con is not None:
+            try:
+                same_file = os.stat(self.path).st_ino == local.ino
+            except FileNotFoundError:
+                same_file = False
+            if local.pid != os.getpid():
+                _ORPHANED.append(con)  # the parent's: neither use nor close it in the child
+                con = None
+            elif not same_file:
                 con.close()
-            self._initialised = True
+                con = None
+        if con is None:
+            con = self._connect()
+            local.con, local.pid, local.ino = con, os.getpid(), os.stat(self.path).st_ino
+        return con
+
+    def _drop_connection(self) -> None:
+        try:
+            self.close()
+        except sqlite3.Error:
+            self._local.con = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short transaction holding the write lock from its start."""
-        self._ensure_schema()
-        con = self._connect()
+        con = self._connection()
         try:
             con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
+            self._drop_connection()
             raise InputError(f"cannot write review decisions to {self.path}: {e}") from None
-        finally:
-            con.close()
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException as e:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._drop_connection()
+            if isinstance(e, sqlite3.Error):
+                raise InputError(f"cannot write review decisions to {self.path}: {e}") from None
+            raise
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection | None]:
@@ -299,12 +333,19 @@ class ReviewStore:
         if not self.path.exists():
             yield None
             return
-        self._ensure_schema()           # an older file gets its missing columns first
-        con = self._connect()
-        try:
-            yield con
-        finally:
-            con.close()
+        yield self._connection()
+
+
+_ORPHANED: list[sqlite3.Connection] = []
+
+
+def _schema_version(con: sqlite3.Connection) -> int | None:
+    """Version recorded in the file; 1 for a file from before versioning, None for a new file."""
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "schema_version" in tables:
+        row = con.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0]) if row and row[0] is not None else 1
+    return 1 if "decisions" in tables else None
 
 
 def _migrate(con: sqlite3.Connection) -> None:
@@ -345,11 +386,7 @@ def schema_version(run_dir: str | Path) -> int | None:
         return None
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        try:
-            row = con.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        except sqlite3.OperationalError:
-            return 1
-        return int(row[0]) if row and row[0] is not None else 1
+        return _schema_version(con)
     finally:
         con.close()
 
