@@ -119,7 +119,7 @@ def test_crash_gives_one_line_error_traceback_and_status(tmp_path):
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and status["error"] == snap["error"]
     # after a failure a new run may start
-    reg.__init__(runner=batch_runner(n_batches=2))
+    reg._runner = batch_runner(n_batches=2)
     again = reg.start(_cfg(tmp_path, "again"))
     assert reg.wait(5) is again and again.snapshot()["state"] == "finished"
 
