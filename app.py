@@ -61,7 +61,13 @@ with st.sidebar:
                           "Runs started from the CLI appear here too.")
     else:
         st.caption("No runs yet.")
-    st.text_input("Reviewer name", key="reviewer", placeholder="anonymous",
+    if "_reviewer_w" not in st.session_state:
+        st.session_state["_reviewer_w"] = st.session_state.get("reviewer", "")
+
+    def _keep_reviewer() -> None:
+        st.session_state["reviewer"] = st.session_state["_reviewer_w"].strip()
+
+    st.text_input("Reviewer name", key="_reviewer_w", placeholder="anonymous", on_change=_keep_reviewer,
                   help="Stored with every review decision.")
     job = sh.current_job_snapshot()
     if job and job.get("state") == "running":

@@ -35,11 +35,9 @@ st.caption(f"Queue: suspicion ≥ {cutoff:.3f} (move it on **Loss distributions*
 f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
 cls_filter = f1.multiselect("Class (given or suggested)", classes, key=f"rv_cls::{name}")
 pairs = views.pair_counts(full_queue)
-pair_opts = ["All pairs"] + [f"{r.given_label} → {r.suggested_label}" for r in pairs.itertuples()]
-pair_map = {f"{r.given_label} → {r.suggested_label}": (r.given_label, r.suggested_label) for r in pairs.itertuples()}
-counts = {f"{r.given_label} → {r.suggested_label}": int(r.count) for r in pairs.itertuples()}
-pair_pick = f2.selectbox("Given → suggested", pair_opts, key=f"rv_pair::{name}",
-                         format_func=lambda s: s if s == "All pairs" else f"{s} ({counts.get(s, 0)})")
+pair_map = {f"{r.given_label} → {r.suggested_label} ({int(r.count)})": (r.given_label, r.suggested_label)
+            for r in pairs.itertuples()}
+pair_pick = f2.selectbox("Given → suggested", ["All pairs"] + list(pair_map), key=f"rv_pair::{name}")
 status = f3.radio("Show", ["unreviewed", "all", "reviewed"], key=f"rv_status::{name}", horizontal=True)
 per_page = int(f4.selectbox("Per page", [12, 24, 48], key=f"rv_pp::{name}"))
 queue = views.review_queue(df, cutoff=cutoff, decisions=dec, classes=cls_filter or None,

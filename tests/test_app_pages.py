@@ -1,0 +1,283 @@
+"""AppTest of every page of the workbench against synthetic run directories.
+
+No browser here: fragments' timers never fire and downloads are not fetched (see
+tests/test_browser_e2e.py for that). Each test gets its own runs root (TURN_AUDIT_RUNS) and
+clean Streamlit caches.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from fakerun import make_fake_run
+from turn_core.review import ReviewStore
+from turn_core.rundir import atomic_write_json
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["pages/overview.py", "pages/data_run.py", "pages/training.py", "pages/losses.py",
+         "pages/clusters.py", "pages/review.py", "pages/export.py"]
+TIMEOUT = 90
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("TURN_AUDIT_RUNS", str(root))
+    monkeypatch.setenv("TURN_AUDIT_DATA_ROOTS", str(tmp_path))
+    monkeypatch.delenv("TURN_AUDIT_DEFAULTS", raising=False)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield root
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def app(run: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if run is not None:
+        at.session_state["run"] = run
+    return at
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [m.value for m in at.title]
+    parts += [m.value for m in at.info] + [m.value for m in at.warning] + [m.value for m in at.error]
+    parts += [m.value for m in at.success] + [m.value for m in at.subheader]
+    return "\n".join(str(p) for p in parts)
+
+
+def make_running(root: Path, name: str = "live") -> Path:
+    d = make_fake_run(root / name, n=30, state="running")
+    for f in ("samples.csv", "thumbs.npy", "features_post.npy", "metrics.json", "gmm.json"):
+        (d / f).unlink()
+    return d
+
+
+def make_interrupted(root: Path, name: str = "dead") -> Path:
+    d = make_running(root, name)
+    st_ = json.loads((d / "status.json").read_text())
+    st_["pid"] = 2 ** 22 + 12345  # no such process
+    atomic_write_json(d / "status.json", st_)
+    return d
+
+
+def make_incomplete(root: Path, name: str = "half") -> Path:
+    d = root / name
+    d.mkdir()
+    (d / "config.json").write_text("{not json")
+    return d
+
+
+# --------------------------------------------------------------------------- every page, every state
+@pytest.mark.parametrize("state", ["none", "finished", "failed", "running", "interrupted", "incomplete"])
+def test_every_page_renders(clean_env, state):
+    root = clean_env
+    run = None
+    if state == "finished":
+        run = make_fake_run(root / "fin", n=40).name
+    elif state == "failed":
+        run = make_fake_run(root / "bad", n=30, state="failed").name
+    elif state == "running":
+        run = make_running(root).name
+    elif state == "interrupted":
+        run = make_interrupted(root).name
+    elif state == "incomplete":
+        run = make_incomplete(root).name
+    at = app(run).run()
+    no_exception(at)
+    for page in PAGES:
+        at.switch_page(page).run()
+        no_exception(at)
+    if state == "interrupted":
+        assert json.loads((root / "dead" / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_overview_shows_runs_and_metrics(clean_env):
+    make_fake_run(clean_env / "fin", n=40)
+    make_fake_run(clean_env / "bad", n=20, state="failed")
+    at = app("fin").run()
+    no_exception(at)
+    assert at.title[0].value == "Overview"
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"fin", "bad"}
+    labels = [m.label for m in at.metric]
+    assert {"Images", "Flagged", "Test accuracy", "Detection F1", "AUROC"} <= set(labels)
+    assert at.metric[0].value == "40"
+
+
+def test_no_runs_points_to_data_page(clean_env):
+    at = app().run()
+    no_exception(at)
+    assert "No runs yet" in texts(at)
+
+
+def test_failed_run_shows_cause_and_log_hint(clean_env):
+    make_fake_run(clean_env / "bad", n=20, state="failed")
+    at = app("bad").run()
+    at.switch_page("pages/training.py").run()
+    no_exception(at)
+    err = " ".join(e.value for e in at.error)
+    assert "boom: synthetic failure" in err and "run.log" in err
+
+
+def test_data_page_defaults_from_env(clean_env, monkeypatch):
+    monkeypatch.setenv("TURN_AUDIT_DEFAULTS", json.dumps({"lp_epochs": 3, "fft_epochs": 1, "demo_n": 300}))
+    at = app().run()
+    at.switch_page("pages/data_run.py").run()
+    no_exception(at)
+    nums = {n.label: n.value for n in at.number_input}
+    assert nums["LP epochs (E_LP)"] == 3 and nums["FFT epochs (E_FFT)"] == 1
+    assert nums["Training images"] == 300
+
+
+def test_data_page_server_path_outside_roots_refused(clean_env):
+    at = app().run()
+    at.switch_page("pages/data_run.py").run()
+    at.radio(key="src_kind").set_value("server").run()
+    at.text_input(key="server_path").input("/etc").run()
+    no_exception(at)
+    assert any("outside" in e.value for e in at.error)
+    assert at.button(key="start_run").disabled
+
+
+def test_review_decision_persists_across_sessions_and_undo(clean_env):
+    d = make_fake_run(clean_env / "fin", n=40)
+    at = app("fin").run()
+    at.switch_page("pages/review.py").run()
+    no_exception(at)
+    header = [m.value for m in at.markdown if "suspects reviewed" in m.value][0]
+    assert header.startswith("### 0 of ")
+    m = int(header.split(" of ")[1].split()[0])
+    at.session_state["reviewer"] = "ann"  # the sidebar input (AppTest drops the sidebar after switch_page)
+    at.button(key="rv_accept").click().run()
+    no_exception(at)
+    latest = ReviewStore(d).latest()
+    assert len(latest) == 1
+    (idx, dec), = latest.items()
+    assert dec.decision == "accept" and dec.reviewer == "ann"
+
+    # A fresh session (new AppTest) sees the stored decision.
+    fresh = app("fin").run()
+    fresh.switch_page("pages/review.py").run()
+    no_exception(fresh)
+    assert any(m_.value == f"### 1 of {m} suspects reviewed" for m_ in fresh.markdown)
+
+    # Keep / exclude / relabel on the next suspects, then undo the last one.
+    fresh.session_state["reviewer"] = "bob"
+    fresh.button(key="rv_exclude").click().run()
+    assert len(ReviewStore(d).latest()) == 2
+    fresh.button(key="rv_undo").click().run()
+    no_exception(fresh)
+    latest = ReviewStore(d).latest()
+    assert len(latest) == 1 and idx in latest
+    assert any(m_.value == f"### 1 of {m} suspects reviewed" for m_ in fresh.markdown)
+
+
+def test_review_relabel_and_bulk_accept(clean_env):
+    d = make_fake_run(clean_env / "fin", n=60)
+    at = app("fin").run()
+    at.switch_page("pages/review.py").run()
+    sb = at.selectbox(key="rv_relabel::fin")
+    target = sb.options[-1]
+    sb.set_value(target).run()
+    at.button(key="rv_relabel_btn").click().run()
+    no_exception(at)
+    (dec,) = ReviewStore(d).latest().values()
+    assert dec.decision == "relabel" and dec.final_label == target
+    at.button(key="rv_bulk").click().run()
+    no_exception(at)
+    latest = ReviewStore(d).latest()
+    assert len(latest) > 1
+    assert sum(1 for v in latest.values() if v.decision == "accept") == len(latest) - 1
+
+
+def test_review_filters(clean_env):
+    make_fake_run(clean_env / "fin", n=60)
+    at = app("fin").run()
+    at.switch_page("pages/review.py").run()
+    pair = at.selectbox(key="rv_pair::fin")
+    assert pair.options[0] == "All pairs" and len(pair.options) > 1
+    pair.set_value(pair.options[1]).run()
+    no_exception(at)
+    at.radio(key="rv_status::fin").set_value("all").run()
+    at.multiselect(key="rv_cls::fin").select("cat").run()
+    no_exception(at)
+
+
+def test_losses_page_cutoff_drives_review_queue(clean_env):
+    make_fake_run(clean_env / "fin", n=60)
+    at = app("fin").run()
+    at.switch_page("pages/losses.py").run()
+    no_exception(at)
+    flagged = [m for m in at.metric if m.label == "Flagged at this cut-off"][0]
+    at.slider(key="_cutoff_w::fin").set_value(0.0).run()
+    no_exception(at)
+    flagged = [m for m in at.metric if m.label == "Flagged at this cut-off"][0]
+    assert flagged.value == "60"
+    at.switch_page("pages/review.py").run()
+    no_exception(at)
+    assert any(m.value == "### 0 of 60 suspects reviewed" for m in at.markdown)
+    at.switch_page("pages/losses.py").run()
+    at.select_slider(key="loss_epoch").set_value("after LP").run()
+    at.selectbox(key="loss_class").set_value("dog").run()
+    at.radio(key="loss_split").set_value("truth").run()
+    no_exception(at)
+
+
+def test_clusters_page_computes_and_caches(clean_env):
+    d = make_fake_run(clean_env / "fin", n=40)
+    at = app("fin").run()
+    at.switch_page("pages/clusters.py").run()
+    no_exception(at)
+    assert (d / "projections").is_dir() and len(list((d / "projections").glob("*.npy"))) == 2
+    at.selectbox(key="cl_colour").set_value("truth").run()
+    no_exception(at)
+
+
+def test_export_page(clean_env):
+    data = clean_env.parent / "data"
+    d = make_fake_run(clean_env / "fin", n=40, dataset_root=data)
+    ReviewStore(d).record(0, "exclude", None, "ann")
+    at = app("fin").run()
+    at.switch_page("pages/export.py").run()
+    no_exception(at)
+    assert at.title[0].value == "Export"
+    keys = {b.key for b in at.get("download_button")}
+    assert {"dl_corrected", "dl_manifest", "dl_ls"} <= keys
+    assert any(m.label == "Errors fixed" for m in at.metric)
+    at.button(key="ex_write_all").click().run()
+    no_exception(at)
+    assert (d / "exports" / "corrected_labels.csv").exists()
+    assert (d / "exports" / "label_studio_tasks.json").exists()
+
+
+def test_delete_run_needs_confirmation(clean_env):
+    make_fake_run(clean_env / "a", n=20)
+    make_fake_run(clean_env / "b", n=20)
+    at = app("a").run()
+    at.selectbox(key="delete_pick").set_value("b").run()
+    assert at.button(key="delete_btn").disabled
+    at.checkbox(key="delete_sure").check().run()
+    at.button(key="delete_btn").click().run()
+    no_exception(at)
+    assert not (clean_env / "b").exists() and (clean_env / "a").exists()
+
+
+def test_run_query_param_selects_run(clean_env):
+    make_fake_run(clean_env / "a", n=20)
+    make_fake_run(clean_env / "b", n=20)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["run"] = "a"
+    at.run()
+    no_exception(at)
+    assert at.session_state["run"] == "a"
