@@ -21,8 +21,7 @@ if str(ROOT) not in sys.path:
 from pages import _shared as sh  # noqa: E402
 from turn_core.rundir import list_runs  # noqa: E402
 
-st.set_page_config(page_title="TURN Audit", page_icon=str(ROOT / "assets" / "icon.png")
-                   if (ROOT / "assets" / "icon.png").exists() else "🔎", layout="wide")
+st.set_page_config(page_title="TURN Audit", page_icon=":material/troubleshoot:", layout="wide")
 
 sh.startup()
 
@@ -53,10 +52,10 @@ elif "run" not in st.session_state or st.session_state.get("run") not in by_name
         st.session_state["run"] = names[0] if names else None
 
 with st.sidebar:
-    st.markdown("### 🔎 TURN Audit")
+    st.markdown("### :material/troubleshoot: TURN Audit")
     if names:
         st.selectbox("Run", names, key="run",
-                     format_func=lambda n: f"{sh.STATE_ICONS.get(by_name[n].state, '')} {n}",
+                     format_func=lambda n: f"{n} · {by_name[n].state}",
                      help="Every run under the runs folder, newest first. "
                           "Runs started from the CLI appear here too.")
     else:
@@ -82,12 +81,12 @@ elif "run" in st.query_params:
 
 # ---------------------------------------------------------------- navigation
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon="📋", default=True),
-    st.Page("pages/data_run.py", title="Data & run", icon="📁"),
-    st.Page("pages/training.py", title="Training", icon="🏋️"),
-    st.Page("pages/losses.py", title="Loss distributions", icon="📊"),
-    st.Page("pages/clusters.py", title="Feature clusters", icon="🗺️"),
-    st.Page("pages/review.py", title="Review", icon="✅"),
-    st.Page("pages/export.py", title="Export", icon="📤"),
+    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("pages/data_run.py", title="Data & run", icon=":material/folder_open:"),
+    st.Page("pages/training.py", title="Training", icon=":material/monitoring:"),
+    st.Page("pages/losses.py", title="Loss distributions", icon=":material/bar_chart:"),
+    st.Page("pages/clusters.py", title="Feature clusters", icon=":material/scatter_plot:"),
+    st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]
 st.navigation(PAGES).run()

@@ -17,10 +17,23 @@ import streamlit as st
 from turn_core import views
 from turn_core.rundir import Run, list_runs
 
+# Streamlit treats a folder named pages/ next to the main script as a v1 multipage app until the
+# first st.navigation call in the process: a first visit straight to /review would then run
+# pages/review.py alone, without the frame. Switch v1 off and rerun through app.py instead.
+try:
+    from streamlit.runtime.pages_manager import PagesManager as _PM
+
+    if _PM.uses_pages_directory:
+        _PM.uses_pages_directory = False
+        st.rerun()
+except ImportError:  # pragma: no cover - other Streamlit versions
+    pass
+
 RUNS_ENV = "TURN_AUDIT_RUNS"
 DEFAULTS_ENV = "TURN_AUDIT_DEFAULTS"
-STATE_ICONS = {"running": "🟢", "finished": "✅", "failed": "❌", "cancelled": "⏹️",
-               "interrupted": "⚠️", "incomplete": "❔"}
+STATE_ICONS = {"running": ":green[:material/play_circle:]", "finished": ":green[:material/check_circle:]",
+               "failed": ":red[:material/error:]", "cancelled": ":gray[:material/stop_circle:]",
+               "interrupted": ":orange[:material/warning:]", "incomplete": ":gray[:material/help:]"}
 
 
 # --------------------------------------------------------------------------- process-wide state

@@ -31,10 +31,14 @@ if truth:
     colour_opts["clean_label"] = "true label"
 colour = c2.selectbox("Colour by", list(colour_opts), format_func=colour_opts.get, key="cl_colour")
 n = len(df)
-max_points = int(c3.select_slider("Points drawn (subsample of large runs)",
-                                  options=sorted({p for p in (500, 1000, 2000, 3000, 5000, 10000) if p < n} | {min(n, 3000)}
-                                                 | ({n} if n <= 10000 else set())),
-                                  value=min(n, 3000), key="cl_points"))
+if n > 500:
+    opts = sorted({p for p in (500, 1000, 2000, 3000, 5000, 10000) if p < n} | {min(n, 3000)}
+                  | ({n} if n <= 10000 else set()))
+    max_points = int(c3.select_slider("Points drawn (subsample of large runs)", options=opts,
+                                      value=min(n, 3000), key="cl_points"))
+else:
+    max_points = 3000
+    c3.caption(f"All {n} images drawn.")
 st.caption("Each dot is an image. Before fine-tuning the pretrained features group the classes loosely; "
            "after TURN's fine-tuning on the clean set they separate, and wrongly labelled images sit "
            "inside the cluster of their true class. Select a dot (click, box or lasso) to see it.")
@@ -80,7 +84,7 @@ for col, which, title in ((cols[0], "pre", "Before fine-tuning (pretrained)"),
         fig = px.scatter(sub, x="x", y="y", color=colour, custom_data=["index"],
                          hover_data={"index": True, "given_label": True, "suggested_label": True,
                                      "suspicion": ":.2f", "x": False, "y": False},
-                         height=480)
+                         category_orders={colour: sorted(map(str, sub[colour].unique()))}, height=480)
         fig.update_traces(marker=dict(size=5, opacity=0.8))
         fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), xaxis_title=None, yaxis_title=None,
                           legend=dict(orientation="h", y=-0.05), dragmode="select")

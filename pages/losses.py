@@ -140,4 +140,4 @@ with right:
         st.plotly_chart(fig, width="stretch", key="pr_curve")
     else:
         st.caption("The precision–recall curve appears when the true labels are known.")
-st.page_link("pages/review.py", label=f"Review these {stats['n_flagged']} suspects", icon="✅")
+st.page_link("pages/review.py", label=f"Review these {stats['n_flagged']} suspects", icon=":material/fact_check:")

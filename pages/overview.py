@@ -16,7 +16,7 @@ runs = list_runs(sh.runs_root())
 if not runs:
     st.info("No runs yet. A first audit takes a couple of minutes on the built-in demo "
             "(CIFAR-style images with 20 % of the labels flipped on purpose).")
-    st.page_link("pages/data_run.py", label="Start with the demo on **Data & run**", icon="📁")
+    st.page_link("pages/data_run.py", label="Start with the demo on **Data & run**", icon=":material/folder_open:")
     st.stop()
 
 st.subheader("Runs")
