@@ -1,0 +1,347 @@
+"""``pipeline.run`` end to end on the tiny offline demo (real MobileNetV2, 32-px digits).
+
+One TURN run is shared by the run-directory checks (module fixture); the other tests run even
+smaller configs. Every run here takes a few seconds on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from turn_core import pipeline
+from turn_core.config import RunConfig
+from turn_core.errors import Cancelled, InputError
+from turn_core.metrics import detection_metrics
+from turn_core.progress import CancelToken
+from turn_core.rundir import SAMPLE_COLUMNS, Run, read_status
+
+pytestmark = pytest.mark.slow
+
+TIMING_PHASES = ("data", "backbone", "cache", "features", "lp", "fft", "score")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private cache (demo PNGs + image memmaps); pipeline reads DEFAULT_CACHE at import."""
+    path = tmp_path_factory.mktemp("turn_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TURN_AUDIT_CACHE", str(path))
+    mp.setattr(pipeline, "DEFAULT_CACHE", path)
+    threads = torch.get_num_threads()
+    yield path
+    mp.undo()
+    torch.set_num_threads(threads)   # num_threads=1 below sets it process-wide
+
+
+def _cfg(out, **kw) -> RunConfig:
+    base = dict(data="demo", demo_n=200, image_size=32, lp_epochs=3, fft_epochs=2, batch_size=64,
+                out=str(out), num_threads=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _tiny(out, **kw) -> RunConfig:
+    return _cfg(out, **{"demo_n": 120, "lp_epochs": 2, "fft_epochs": 1, **kw})
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        r = csv.DictReader(f)
+        return list(r.fieldnames), list(r)
+
+
+def _events(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]        # every line must be valid JSON
+
+
+@pytest.fixture(scope="module")
+def turn_run(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "turn"
+    cfg = _cfg(out)
+    seen: list[dict] = []
+    result = pipeline.run(cfg, progress=seen.append)
+    assert Path(result) == out
+    return cfg, out, seen
+
+
+# ------------------------------------------------------------------------ the run directory
+def test_status_finished(turn_run):
+    _, out, _ = turn_run
+    st = read_status(out)
+    assert st["state"] == "finished"
+    assert st["method"] == "turn" and st["error"] is None
+    assert st["ended"] >= st["started"]
+    assert Run(out).is_complete and Run(out).missing() == []
+
+
+def test_samples_csv(turn_run):
+    cfg, out, _ = turn_run
+    header, rows = _read_csv(out / "samples.csv")
+    assert header == SAMPLE_COLUMNS + ["loss_fft_1", "loss_fft_2", "clean_label", "is_noisy"]
+    conf = json.loads((out / "config.json").read_text())
+    assert len(rows) == cfg.demo_n == conf["dataset"]["n_train"]
+    assert [int(r["index"]) for r in rows] == list(range(len(rows)))
+    assert len({r["path"] for r in rows}) == len(rows)
+    root = Path(conf["dataset"]["root"])
+    assert all((root / r["path"]).is_file() for r in rows)
+    classes = set(conf["classes"])
+    assert classes == {str(d) for d in range(10)}
+    for r in rows:
+        assert 0.0 <= float(r["suspicion"]) <= 1.0
+        assert 0.0 <= float(r["clean_prob"]) <= 1.0
+        assert 0.0 <= float(r["confidence"]) <= 1.0
+        assert -1.0 <= float(r["margin"]) <= 1.0
+        assert 0.0 <= float(r["knn_agreement"]) <= 1.0
+        assert r["flagged"] in ("0", "1") and r["is_noisy"] in ("0", "1")
+        assert {r["given_label"], r["predicted_label"], r["suggested_label"], r["clean_label"]} <= classes
+        assert (r["suggested_label"] != r["given_label"]) == (r["flagged"] == "1")
+        assert (r["is_noisy"] == "1") == (r["clean_label"] != r["given_label"])
+        for col in ("loss_lp", "loss_fft_1", "loss_fft_2"):
+            assert float(r[col]) >= 0.0
+    noisy = sum(r["is_noisy"] == "1" for r in rows)
+    assert 0.1 * len(rows) <= noisy <= 0.3 * len(rows)         # demo: 20 % symmetric noise
+
+
+def test_samples_match_the_demo_dataset(turn_run, cache):
+    from turn_core.data import load_demo
+
+    cfg, out, _ = turn_run
+    ds = load_demo(n=cfg.demo_n, noise=cfg.demo_noise, rate=cfg.demo_noise_rate, seed=cfg.seed)
+    train = ds.subset(ds.splits == "train")
+    _, rows = _read_csv(out / "samples.csv")
+    assert [r["path"] for r in rows] == list(train.paths)
+    assert [r["given_label"] for r in rows] == [train.classes[i] for i in train.labels]
+    assert [r["clean_label"] for r in rows] == [train.classes[i] for i in train.clean_labels]
+
+
+def test_arrays(turn_run):
+    cfg, out, _ = turn_run
+    n = cfg.demo_n
+    pre = np.load(out / "features_pre.npy", allow_pickle=False)
+    post = np.load(out / "features_post.npy", allow_pickle=False)
+    assert pre.shape == post.shape == (n, 1280)
+    assert pre.dtype == post.dtype == np.float16
+    assert np.isfinite(pre).all() and np.isfinite(post).all()
+    assert not np.array_equal(pre, post)                        # FFT changed the extractor
+    thumbs = np.load(out / "thumbs.npy", allow_pickle=False)
+    t = min(cfg.thumb_size, cfg.image_size)          # thumbnails never upscale the cached image
+    assert thumbs.shape == (n, t, t, 3) and thumbs.dtype == np.uint8
+    assert thumbs.std() > 0
+    probs = np.load(out / "probs.npy", allow_pickle=False)
+    assert probs.shape == (n, 10) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    _, rows = _read_csv(out / "samples.csv")
+    assert [int(r["predicted_label"]) for r in rows] == probs.argmax(axis=1).tolist()
+
+
+def test_gmm_json(turn_run):
+    cfg, out, _ = turn_run
+    gmm = json.loads((out / "gmm.json").read_text())
+    assert len(gmm) == cfg.fft_epochs + 1
+    assert [g["epoch"] for g in gmm] == list(range(1, cfg.fft_epochs + 1)) + [cfg.fft_epochs]
+    assert gmm[-1].get("final") is True
+    for g in gmm:
+        assert g["tau"] == cfg.tau
+        assert g["clean_component"] == int(np.argmin(g["means"]))
+        assert len(g["means"]) == len(g["variances"]) == len(g["weights"]) == 2
+
+
+def test_events(turn_run):
+    cfg, out, seen = turn_run
+    events = _events(out)
+    assert all({"t", "phase", "kind"} <= e.keys() for e in events)
+    lp = [e for e in events if e["phase"] == "lp" and e["kind"] == "epoch"]
+    assert [e["epoch"] for e in lp] == [1, 2, 3]
+    assert all(e["epochs"] == 3 and np.isfinite(e["loss"]) for e in lp)
+    gmm = [e for e in events if e["phase"] == "fft" and e["kind"] == "gmm"]
+    assert [e["epoch"] for e in gmm] == [1, 2]
+    for e in gmm:
+        assert set(e["clean_per_class"]) == {str(d) for d in range(10)}
+        assert sum(e["clean_per_class"].values()) == e["n_train"] > 0
+        assert e["tau"] == cfg.tau
+    fft = [e for e in events if e["phase"] == "fft" and e["kind"] == "epoch"]
+    assert [e["epoch"] for e in fft] == [1, 2]
+    assert all("clean_per_class" in e for e in fft)
+    timed = {e["phase"] for e in events if e["kind"] == "timing"}
+    assert set(TIMING_PHASES) <= timed
+    # the callback saw every non-step event that was written
+    assert [e for e in seen if e["kind"] != "step"] == [e for e in events if e["kind"] != "step"]
+    assert any(e["kind"] == "step" and e["phase"] == "fft" for e in seen)
+
+
+def test_metrics_json(turn_run):
+    _, out, _ = turn_run
+    m = json.loads((out / "metrics.json").read_text())
+    d = m["detection"]
+    assert {"precision", "recall", "f1", "auroc", "n_flagged", "n_noisy", "n"} <= d.keys()
+    for key in ("precision", "recall", "f1", "auroc"):
+        assert 0.0 <= d[key] <= 1.0
+    for key in ("test_accuracy", "test_accuracy_lp"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["n_test"] > 0
+    assert set(TIMING_PHASES) <= m["timings"].keys()
+    assert all(v >= 0 for v in m["timings"].values())
+    # the detection numbers are those of samples.csv
+    _, rows = _read_csv(out / "samples.csv")
+    want = detection_metrics([r["is_noisy"] == "1" for r in rows], [r["flagged"] == "1" for r in rows],
+                             [float(r["suspicion"]) for r in rows])
+    for key in ("precision", "recall", "f1", "n_flagged", "n_noisy", "n"):
+        assert d[key] == pytest.approx(want[key])
+    assert d["auroc"] == pytest.approx(want["auroc"], abs=1e-4)
+    assert m["n_flagged"] == d["n_flagged"] and m["n_train"] == len(rows)
+
+
+def test_model_safetensors(turn_run):
+    import timm
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    _, out, _ = turn_run
+    sd = load_file(str(out / "model.safetensors"))
+    assert tuple(sd["classifier.weight"].shape) == (10, 1280)
+    assert tuple(sd["classifier.bias"].shape) == (10,)
+    model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=10)
+    model.load_state_dict(sd, strict=True)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["model"] == "mobilenetv2_100"
+    assert json.loads(meta["classes"]) == [str(d) for d in range(10)]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_config_json_round_trip(turn_run):
+    cfg, out, _ = turn_run
+    back = RunConfig.from_json(out / "config.json")
+    assert back == cfg
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["resolved"]["image_size"] == 32
+    assert conf["dataset"]["kind"] == "demo"
+
+
+def test_same_seed_same_result(turn_run, tmp_path):
+    cfg, out, _ = turn_run
+    again = pipeline.run(dataclasses.replace(cfg, out=str(tmp_path / "again")))
+    _, a = _read_csv(out / "samples.csv")
+    _, b = _read_csv(again / "samples.csv")
+    assert [r["suspicion"] for r in a] == [r["suspicion"] for r in b]
+    assert a == b
+
+
+# --------------------------------------------------------------------------------- methods
+@pytest.mark.parametrize("method", ["ce-lp", "gce-lp", "ce-fft"])
+def test_baseline_methods(cache, tmp_path, method):
+    cfg = _tiny(tmp_path / method, method=method)
+    out = pipeline.run(cfg)
+    assert read_status(out)["state"] == "finished"
+    header, rows = _read_csv(out / "samples.csv")
+    assert len(rows) == 120
+    fft_cols = [h for h in header if h.startswith("loss_fft_")]
+    gmm = json.loads((out / "gmm.json").read_text())
+    events = _events(out)
+    if method == "ce-fft":
+        assert fft_cols == ["loss_fft_1"]
+        assert (out / "features_post.npy").exists()
+        assert len(gmm) == 1 and gmm[0]["final"]            # no clean-set selection: final fit only
+        fft = [e for e in events if e["phase"] == "fft" and e["kind"] == "epoch"]
+        assert [e["n_train"] for e in fft] == [120]        # CE-FFT trains on every sample
+        assert not [e for e in events if e["kind"] == "gmm"]
+    else:
+        assert fft_cols == []
+        assert not (out / "features_post.npy").exists()
+        assert len(gmm) == 1
+        assert not [e for e in events if e["phase"] == "fft"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == method
+    if method != "ce-fft":
+        assert m["test_accuracy"] == m["test_accuracy_lp"]
+
+
+def test_lp_loss_choice_matters(cache, tmp_path):
+    a = pipeline.run(_tiny(tmp_path / "ce", method="ce-lp", lp_epochs=2))
+    b = pipeline.run(_tiny(tmp_path / "gce", method="gce-lp", lp_epochs=2))
+    _, ra = _read_csv(a / "samples.csv")
+    _, rb = _read_csv(b / "samples.csv")
+    assert [r["loss_lp"] for r in ra] != [r["loss_lp"] for r in rb]
+
+
+# ---------------------------------------------------------------------------------- cancel
+def test_cancel_at_first_fft_step(cache, tmp_path):
+    out = tmp_path / "cancelled"
+    token = CancelToken()
+    steps = []
+
+    def progress(ev):
+        if ev["phase"] == "fft" and ev["kind"] == "step":
+            steps.append(ev)
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        pipeline.run(_tiny(out), progress=progress, cancel=token)
+    assert len(steps) == 1
+    st = json.loads((out / "status.json").read_text())
+    assert st["state"] == "cancelled"
+    assert read_status(out)["state"] == "cancelled"
+    events = _events(out)
+    assert events[-1]["phase"] == "done" and events[-1].get("message") == "cancelled"
+    for name in ("samples.csv", "metrics.json", "model.safetensors", "gmm.json", "probs.npy"):
+        assert not (out / name).exists(), name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]   # no temp files
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_missing_data_folder(cache, tmp_path):
+    out = tmp_path / "bad"
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(InputError) as e:
+        pipeline.run(_tiny(out, data=str(missing)))
+    assert "no_such_folder" in str(e.value)
+    st = read_status(out)
+    assert st["state"] == "failed"
+    assert st["error"] == str(e.value)
+    assert "InputError" in (out / "run.log").read_text()
+    assert not (out / "samples.csv").exists()
+
+
+def test_invalid_config_writes_nothing(cache, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match="bogus"):
+        pipeline.run(_tiny(out, method="bogus"))
+    assert not out.exists()
+
+
+def _fake_status(out: Path, pid: int) -> dict:
+    out.mkdir(parents=True)
+    st = {"state": "running", "pid": pid, "host": socket.gethostname(), "started": 1.0,
+          "format": 1, "method": "turn", "error": None}
+    (out / "status.json").write_text(json.dumps(st))
+    return st
+
+
+def test_run_dir_of_a_live_run_is_refused(cache, tmp_path):
+    out = tmp_path / "busy"
+    st = _fake_status(out, os.getpid())
+    with pytest.raises(InputError, match="still going"):
+        pipeline.run(_tiny(out, method="gce-lp"))
+    assert json.loads((out / "status.json").read_text()) == st      # untouched
+    assert not (out / "samples.csv").exists()
+
+
+def test_run_dir_of_a_dead_run_is_reused(cache, tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    out = tmp_path / "stale"
+    _fake_status(out, p.pid)
+    pipeline.run(_tiny(out, method="gce-lp", lp_epochs=1))
+    st = read_status(out)
+    assert st["state"] == "finished" and st["pid"] == os.getpid()
