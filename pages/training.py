@@ -100,9 +100,14 @@ def render(run_dir: Path) -> str:
     for w in p["warnings"][-5:]:
         if w:
             st.warning(w)
+    return state
 
+
+def render_charts(run_dir: Path) -> None:
     import pandas as pd
     import plotly.express as px
+
+    p = views.progress_summary(Run(run_dir).events())
 
     left, right = st.columns(2)
     with left:
@@ -136,18 +141,26 @@ def render(run_dir: Path) -> str:
                              width="stretch")
         else:
             st.caption("Filled in during full fine-tuning (TURN's GMM-selected clean set).")
-    return state
 
 
+# While a run goes, the status polls every second and the charts every 5 s: building plotly
+# figures holds the GIL, and the training thread in this same process needs it.
 @st.fragment(run_every=1.0)
-def live(run_dir: Path) -> None:
+def live_status(run_dir: Path) -> None:
     state = render(run_dir)
     if state != "running":
-        st.rerun()  # the run ended: redraw the whole page without the timer
+        st.rerun()  # the run ended: redraw the whole page without the timers
+
+
+@st.fragment(run_every=5.0)
+def live_charts(run_dir: Path) -> None:
+    render_charts(run_dir)
 
 
 first = Run(d).status.get("state")
 if first == "running":
-    live(d)
+    live_status(d)
+    live_charts(d)
 else:
     render(d)
+    render_charts(d)

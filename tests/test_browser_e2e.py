@@ -88,7 +88,11 @@ def test_demo_run_review_and_download(server, browser):
                            "b => b.innerText.trim() === 'Start run').disabled", timeout=90_000)
     start.click()
     # The Training page polls the job; wait until it says it finished.
-    page.get_by_text("Finished.").first.wait_for(timeout=150_000)
+    try:
+        page.get_by_text("Finished.").first.wait_for(timeout=150_000)
+    except Exception:
+        page.screenshot(path=str(runs.parent / "fail.png"), full_page=True)
+        raise
     names = [d.name for d in runs.iterdir() if (d / "status.json").exists()]
     assert len(names) == 1
     run = names[0]
