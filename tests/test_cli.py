@@ -145,9 +145,6 @@ def test_flag_values_reach_the_config():
     assert cfg.lp_epochs == RunConfig().lp_epochs and cfg.fft_epochs == RunConfig().fft_epochs
 
 
-@pytest.mark.xfail(strict=True, reason="RunConfig.validate does not check mean/std: a wrong "
-                   "length or a zero std reaches make_runtime (RuntimeError traceback) or "
-                   "divides by zero")
 @pytest.mark.parametrize("flag,value", [("--mean", "0.5,0.5"), ("--std", "0.2,0,0.2")])
 def test_bad_normalisation_is_one_error_line(monkeypatch, capsys, tmp_path, flag, value):
     from turn_core import cli, pipeline

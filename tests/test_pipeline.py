@@ -367,8 +367,6 @@ def rerun(cache, tmp_path_factory):
     return out, first, t_second, refused
 
 
-@pytest.mark.xfail(strict=True, reason="RunWriter.set_status keeps the old run's 'started' "
-                   "(cur.setdefault) when a run re-uses a finished run directory")
 def test_rerun_records_its_own_start_time(rerun):
     out, first, t_second, refused = rerun
     st = json.loads((out / "status.json").read_text())
@@ -379,8 +377,6 @@ def test_rerun_records_its_own_start_time(rerun):
     assert st["started"] >= t_second > first["started"]
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.run appends to the old events.jsonl and leaves "
-                   "the old run's artefacts (features_post.npy, ...) in a re-used run directory")
 def test_rerun_leaves_no_stale_artefacts(rerun):
     out, first, _, refused = rerun
     if refused is not None:

@@ -101,6 +101,10 @@ class RunConfig:
             raise InputError(f"image_size={self.image_size} must lie between 8 and 1024")
         if self.empty_class_policy not in ("fallback", "error"):
             raise InputError(f"empty_class_policy={self.empty_class_policy!r} must be fallback or error")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
+                raise InputError(f"{name}={v} must be three numbers" + (" above 0" if name == "std" else ""))
         if not 0.0 <= self.demo_noise_rate < 1.0 or not 0.0 <= self.inject_noise_rate < 1.0:
             raise InputError("noise rates must lie in [0, 1)")
         return self

@@ -22,12 +22,10 @@ Two kinds of CSV are written, on purpose differently:
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -35,7 +33,7 @@ import pandas as pd
 
 from .errors import InputError
 from .review import ReviewStore
-from .rundir import Run, atomic_write_text
+from .rundir import Run, atomic_write_text, csv_text
 from .safety import spreadsheet_safe as _spreadsheet_safe
 
 CORRECTED_COLUMNS = ["path", "given_label", "suggested_label", "final_label", "decision",
@@ -260,7 +258,7 @@ def clean_manifest_csv(run_dir: str | Path | Run) -> str:
     """``clean_manifest`` as CSV text (paths relative to the dataset root), e.g. for a
     browser download; verbatim like ``write_clean_manifest``."""
     df = clean_manifest(run_dir)
-    return _csv_text(list(df.columns), zip(*[df[c].tolist() for c in df.columns]))
+    return csv_text(list(df.columns), zip(*[df[c].tolist() for c in df.columns]))
 
 
 def write_label_studio_json(run_dir: str | Path | Run, out_path: str | Path,
@@ -320,14 +318,6 @@ def _truth(run: Run) -> list[str] | None:
     return truth if any(t != "" for t in truth) else None
 
 
-def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def _write_table(df: pd.DataFrame, out_path: str | Path, spreadsheet_safe: bool,
                  what: str = "export") -> Path:
     # Columns to Python objects first: csv then writes 0.25 / 1, never "np.float64(0.25)".
@@ -337,7 +327,7 @@ def _write_table(df: pd.DataFrame, out_path: str | Path, spreadsheet_safe: bool,
         columns = [[_spreadsheet_safe(v) for v in col] for col in columns]
     else:
         header = [str(c) for c in df.columns]
-    return _atomic_text(out_path, _csv_text(header, zip(*columns)), what)
+    return _atomic_text(out_path, csv_text(header, zip(*columns)), what)
 
 
 def _atomic_text(out_path: str | Path, text: str, what: str) -> Path:

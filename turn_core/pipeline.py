@@ -127,8 +127,12 @@ def run(config: RunConfig, progress: Callable[[dict], None] | None = None,
         if read_status(out)["state"] == "running":
             raise InputError(f"run directory {out} belongs to a run that is still going")
     writer = RunWriter(out)
+    writer.reset()
     emit = _Emitter(writer, progress)
     writer.set_status("running", method=config.method, error=None)
+    # The settings go to disk first, so a run killed in any step can be restarted as it was;
+    # the full config.json (classes, dataset, versions) replaces this after the image cache.
+    writer.write_json("config.json", {"format": 1, "settings": config.to_dict(), "classes": []})
     try:
         _run(config, writer, emit, cancel)
     except (Cancelled, KeyboardInterrupt):

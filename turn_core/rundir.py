@@ -105,6 +105,19 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def csv_text(header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> str:
+    """CSV text as RFC 4180 writes it (CRLF rows).
+
+    CRLF, not "\n": Python's csv quotes a field only when it holds a character of the line
+    terminator, so with "\n" a label containing a bare carriage return would split its row.
+    """
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -133,13 +146,34 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
 
+    # Files one run writes; a new run in the same folder removes the previous run's first so
+    # nothing stale (events, features, review decisions of other samples) mixes in.
+    RUN_FILES = ("events.jsonl", "samples.csv", "metrics.json", "gmm.json", "features_pre.npy",
+                 "features_post.npy", "probs.npy", "thumbs.npy", "model.safetensors", "skipped.csv",
+                 "run.log", "config.json")
+
+    def reset(self) -> None:
+        """Start the folder afresh for a new run (the caller checked no live run owns it).
+
+        Review decisions are people's work: a folder holding them is never reset.
+        """
+        import shutil
+
+        if (self.dir / "review.sqlite").exists():
+            raise InputError(f"run directory {self.dir} holds review decisions; choose another output folder")
+        self._events.close()
+        for name in self.RUN_FILES:
+            (self.dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "projections", ignore_errors=True)
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+
     def set_status(self, state: str, **extra: Any) -> None:
         assert state in STATES, state
         cur = _read_json(self.dir / "status.json") or {}
         cur.update(extra)
         cur.update(state=state, format=FORMAT_VERSION, pid=os.getpid(), host=socket.gethostname())
         if state == "running":
-            cur.setdefault("started", now())
+            cur["started"] = now()
             cur.pop("ended", None)
         else:
             cur["ended"] = now()
@@ -158,11 +192,7 @@ class RunWriter:
         return atomic_save_npy(self.dir / name, arr)
 
     def write_csv(self, name: str, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-        return atomic_write_text(self.dir / name, buf.getvalue())
+        return atomic_write_text(self.dir / name, csv_text(header, rows))
 
     def close(self) -> None:
         self._events.close()

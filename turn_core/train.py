@@ -116,6 +116,41 @@ def forward_pass(model, images: np.ndarray, rt: Runtime, *, indices: np.ndarray 
             np.concatenate(logits) if logits else np.zeros((0, k), np.float32))
 
 
+@torch.no_grad()
+def recalibrate_bn(model, images: np.ndarray, rt: Runtime, *, max_images: int = 4096, seed: int = 0,
+                   cancel: CancelToken | None = None) -> None:
+    """Re-estimate every batch-norm layer's running statistics on the user's images (AdaBN,
+    Li et al. 2016), keeping the learned scale and shift.
+
+    Why: ImageNet statistics at 224 px do not match small or off-domain images (64-px CIFAR,
+    28-px digits). Features extracted with mismatched statistics are weaker for LP, and FFT in
+    train-mode BN would then see different features than the ones the LP head was trained on.
+    Running stats are cumulative averages over up to ``max_images`` images.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.eval()
+    for m in bns:
+        m.train()
+    idx = np.random.default_rng(seed).permutation(len(images))[:max_images]
+    for s in range(0, len(idx), rt.batch_size):
+        check(cancel)
+        b = np.sort(idx[s:s + rt.batch_size])
+        if len(b) < 2:
+            continue
+        with rt.autocast():
+            model.forward_features(to_input(images[b], rt))
+    for m, (mom, tr) in zip(bns, saved):
+        m.momentum = mom
+        m.train(tr)
+    model.eval()
+
+
 def per_sample_ce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """CE loss of each sample (N,) from logits (N, K) and int labels (N,)."""
     z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
@@ -190,8 +225,8 @@ def _set_train_mode(model, freeze_bn_stats: bool) -> None:
 
 def fft_epoch(model, images: np.ndarray, indices: np.ndarray, labels: np.ndarray, opt, rt: Runtime, *,
               epoch: int, epochs: int, seed: int, augment_images: bool = True, flip: bool = True,
-              freeze_bn_stats: bool = True, progress: Callable | None = None,
-              cancel: CancelToken | None = None) -> float:
+              freeze_bn_stats: bool = True, grad_clip: float | None = None,
+              progress: Callable | None = None, cancel: CancelToken | None = None) -> float:
     """One epoch of full fine-tuning with CE on ``images[indices]`` labelled ``labels[indices]``."""
     _set_train_mode(model, freeze_bn_stats)
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
@@ -213,6 +248,8 @@ def fft_epoch(model, images: np.ndarray, indices: np.ndarray, labels: np.ndarray
             loss = F.cross_entropy(z.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         total += loss.item() * len(b)
         seen += len(b)
