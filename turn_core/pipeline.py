@@ -170,8 +170,8 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     from .backbones import create_backbone
     from .scores import Signals, knn_label_probs, margin, score_and_flag
     from .selection import balanced_clean_set, clean_posterior
-    from .train import (fft_epoch, forward_pass, make_fft_optimizer, make_runtime, per_sample_ce,
-                        pick_device, set_head, softmax, train_linear_head)
+    from .train import (cross_val_linear_probs, fft_epoch, forward_pass, make_fft_optimizer, make_runtime,
+                        per_sample_ce, pick_device, recalibrate_bn, set_head, softmax, train_linear_head)
 
     timings: dict[str, float] = {}
     if config.num_threads:
@@ -296,8 +296,10 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
                 per_class = dict(zip(classes, np.bincount(labels, minlength=k).tolist()))
             mean_loss = fft_epoch(model, imgs, train_idx, labels, opt, rt, epoch=epoch, epochs=config.fft_epochs,
                                   seed=config.seed, augment_images=config.fft_augment,
-                                  flip=config.data != "demo", freeze_bn_stats=config.freeze_bn_stats,
-                                  progress=emit, cancel=cancel)
+                                  flip=config.data != "demo", freeze_bn_stats=config.bn_mode == "frozen",
+                                  grad_clip=config.fft_grad_clip or None, progress=emit, cancel=cancel)
+            if config.bn_mode == "recalibrate":
+                recalibrate_bn(model, imgs, rt, seed=config.seed + epoch, cancel=cancel)
             feats_post, logits = forward_pass(model, imgs, rt, cancel=cancel, phase="fft-loss")
             loss_history.append(per_sample_ce(logits, labels))
             emit({"phase": "fft", "kind": "epoch", "epoch": epoch, "epochs": config.fft_epochs, "loss": mean_loss,
@@ -317,8 +319,14 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     probs = softmax(logits)
     writer.write_npy("probs.npy", probs.astype(np.float32))
     knn_probs, _ = knn_label_probs(feats_post, labels, k, config.knn_k)
+    # Out-of-fold probabilities of Phase I's GCE linear probe, on the pretrained features and on
+    # the fine-tuned ones: no model that saw a sample's own label scores it, so nothing memorised.
+    cv_probs = [cross_val_linear_probs(f, labels, k, q=config.gce_q, epochs=config.lp_epochs, lr=config.lp_lr,
+                                       batch_size=config.batch_size, seed=config.seed, cancel=cancel)
+                for f in ([feats_pre] if feats_post is feats_pre else [feats_pre, feats_post])]
+    writer.write_npy("cv_probs.npy", np.stack(cv_probs).astype(np.float32))
     sig = Signals(labels=labels, probs=probs, clean_prob=clean_prob, losses=np.stack(loss_history),
-                  knn_probs=knn_probs, tau=config.tau)
+                  knn_probs=knn_probs, tau=config.tau, cv_probs=np.mean(cv_probs, axis=0))
     result = score_and_flag(sig, config.score, config.flag_rule)
     mrg = margin(probs, labels)
     predicted = probs.argmax(axis=1)

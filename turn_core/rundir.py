@@ -14,6 +14,7 @@ Layout (every file optional until the run reaches the step that writes it)::
       features_pre.npy     float16 (N, D): pretrained features of the training images
       features_post.npy    float16 (N, D): features after FFT (TURN / CE-FFT only)
       probs.npy            float32 (N, K): final model's class probabilities
+      cv_probs.npy         float32 (V, N, K): out-of-fold linear-probe probabilities per feature view
       thumbs.npy           uint8 (N, T, T, 3): a thumbnail of every training image, row = sample
       model.safetensors    final weights
       skipped.csv          path,reason — files that could not be used
@@ -149,7 +150,7 @@ class RunWriter:
     # Files one run writes; a new run in the same folder removes the previous run's first so
     # nothing stale (events, features, review decisions of other samples) mixes in.
     RUN_FILES = ("events.jsonl", "samples.csv", "metrics.json", "gmm.json", "features_pre.npy",
-                 "features_post.npy", "probs.npy", "thumbs.npy", "model.safetensors", "skipped.csv",
+                 "features_post.npy", "probs.npy", "cv_probs.npy", "thumbs.npy", "model.safetensors", "skipped.csv",
                  "run.log", "config.json")
 
     def reset(self) -> None:

@@ -22,6 +22,7 @@ class Signals:
     losses: np.ndarray                 # (E, N) per-sample CE after LP and after each FFT epoch
     knn_probs: np.ndarray              # (N, K) label distribution of the k nearest neighbours
     tau: float = 0.5
+    cv_probs: np.ndarray | None = None  # (N, K) out-of-fold linear-probe probabilities
     extra: dict = field(default_factory=dict)
 
     @property
@@ -94,16 +95,9 @@ def score_paper(s: Signals) -> np.ndarray:
 
 @register_score("ensemble")
 def score_ensemble(s: Signals) -> np.ndarray:
-    """Mean of the ranks of three views that err differently:
-
-    * the loss averaged over every Phase-II pass (after LP and each FFT epoch) — steadier than
-      the last epoch's loss alone;
-    * the final model's margin against the given label;
-    * disagreement of the given label with its neighbours in the fine-tuned feature space.
-    """
-    views = [rank01(s.losses.mean(axis=0)), rank01(-margin(s.probs, s.labels)),
-             rank01(1.0 - _p_given(s.knn_probs, s.labels))]
-    return np.mean(views, axis=0)
+    """1 − the ensemble's probability of the given label (see ``suggestion_probs``)."""
+    p = suggestion_probs(s)
+    return 1.0 - p[np.arange(len(s.labels)), s.labels]
 
 
 # --------------------------------------------------------------------------------- flag rules
@@ -125,14 +119,27 @@ def flag_paper(s: Signals, suspicion: np.ndarray) -> np.ndarray:
 
 @register_flag_rule("ensemble")
 def flag_ensemble(s: Signals, suspicion: np.ndarray) -> np.ndarray:
-    """Flag where the combined model + neighbour vote prefers another class over the given one."""
-    combined = suggestion_probs(s)
-    return combined.argmax(axis=1) != s.labels
+    """Confident learning (cleanlab's ``find_label_issues``, prune by noise rate) on the ensemble's
+    probabilities: it estimates how many labels each class pair has swapped and flags that many
+    of the least likely, so the flag count follows the estimated noise rather than a fixed cut."""
+    p = suggestion_probs(s)
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:  # cleanlab is in requirements.txt; keep a rule that needs nothing
+        return p.argmax(axis=1) != s.labels
+    return np.asarray(find_label_issues(s.labels, p), dtype=bool)
 
 
 def suggestion_probs(s: Signals) -> np.ndarray:
-    """Class probabilities behind the suggested label: model softmax and neighbour vote, averaged."""
-    return 0.5 * s.probs + 0.5 * s.knn_probs
+    """The ensemble's class probabilities: the mean of views that err differently.
+
+    * out-of-fold linear probes (GCE, Phase I's recipe) on pretrained and fine-tuned features —
+      they never saw the sample's own label;
+    * the label vote of the k nearest neighbours in the fine-tuned feature space.
+    Falls back to the final model's softmax where a view is missing.
+    """
+    views = [s.knn_probs, s.cv_probs if s.cv_probs is not None else s.probs]
+    return np.mean(views, axis=0)
 
 
 def suggest_labels(s: Signals, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -198,6 +198,35 @@ def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, 
     return head.weight.detach().clone(), head.bias.detach().clone(), history
 
 
+def cross_val_linear_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, *, folds: int = 5,
+                           loss: str = "gce", q: float = 0.7, epochs: int = 20, lr: float = 1e-2,
+                           batch_size: int = 128, seed: int = 0,
+                           cancel: CancelToken | None = None) -> np.ndarray:
+    """Out-of-fold class probabilities (N, K) of a linear head on cached ``features`` (N, D).
+
+    Each sample is scored by a head that never saw it: unlike the fine-tuned model's own output,
+    this cannot have memorised a wrong label (cleanlab's cross-validation idea, on our features).
+    Stratified folds; the same LP recipe as Phase I.
+    """
+    rng = np.random.default_rng(seed)
+    fold_of = np.zeros(len(labels), dtype=int)
+    for c in range(n_classes):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold_of[idx] = np.arange(len(idx)) % folds
+    x = np.asarray(features, dtype=np.float32)
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6  # standardise: one lr fits any backbone
+    x = (x - mu) / sd
+    out = np.zeros((len(labels), n_classes), dtype=np.float32)
+    for f in range(folds):
+        tr, te = fold_of != f, fold_of == f
+        if not te.any():
+            continue
+        w, b, _ = train_linear_head(x[tr], labels[tr], n_classes, loss=loss, q=q, epochs=epochs, lr=lr,
+                                    batch_size=batch_size, seed=seed + f, cancel=cancel)
+        out[te] = softmax(x[te] @ w.numpy().T + b.numpy())
+    return out
+
+
 def set_head(model, weight: torch.Tensor, bias: torch.Tensor) -> None:
     head = model.get_classifier()
     with torch.no_grad():
