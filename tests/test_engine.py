@@ -326,9 +326,13 @@ def test_ensemble_score_ranks_an_obvious_error_highest():
     s.losses[:, 0] = 100.0
     s.probs[0] = [0.98, 0.01, 0.01]
     s.knn_probs[0] = [1.0, 0.0, 0.0]
+    s.cv_probs = np.random.default_rng(5).dirichlet(np.ones(3), 30)
+    s.cv_probs[0] = [0.97, 0.02, 0.01]
     s.labels[0] = 2
     out = score_and_flag(s, "ensemble", "ensemble")
-    assert out["suspicion"][0] == pytest.approx(1.0)
+    # the ensemble's p(given) is the mean of the neighbour vote (0) and the out-of-fold probe (0.01)
+    assert out["suspicion"][0] == pytest.approx(1 - 0.005)
+    assert out["suspicion"][0] == out["suspicion"].max()
     assert out["flagged"][0] and out["suggested"][0] == 0
 
 
