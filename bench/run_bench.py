@@ -106,16 +106,27 @@ def peers(r: Run) -> dict:
 
 
 def ours(r: Run) -> dict:
-    m = r.metrics
-    t = m["timings"]
+    """The product's default score + flag rule and the paper's GMM rule, re-scored from the run's
+    saved signals with the current code (scoring never changes training)."""
+    from turn_core.scores import score_and_flag, signals_from_run
+
+    t = r.metrics["timings"]
     s = r.samples()
-    noisy = s["is_noisy"].to_numpy().astype(bool)
-    sugg_acc = float(np.mean((s["suggested_label"] == s["clean_label"]).to_numpy()[noisy]))
-    return {
-        "TURN Audit default": {**m["detection"], "seconds": sum(t.values()), "suggest_acc": sugg_acc, "timings": t},
-        "TURN paper GMM rule": {**m["detection_paper_rule"], "seconds": sum(t.values()),
-                                "suggest_acc": float(np.mean((s["predicted_label"] == s["clean_label"]).to_numpy()[noisy]))},
-    }
+    idx = {c: i for i, c in enumerate(r.classes)}
+    truth = s["clean_label"].map(idx).to_numpy()
+    sig = signals_from_run(r)
+    noisy = sig.labels != truth
+    out = {}
+    for name, (score, rule) in {"TURN Audit default": ("ensemble", "ensemble"),
+                                "TURN paper GMM rule": ("paper", "paper")}.items():
+        t0 = time.time()
+        o = score_and_flag(sig, score, rule)
+        sugg = o["suggested"] if score == "ensemble" else sig.probs.argmax(axis=1)
+        out[name] = {**detection_metrics(noisy, o["flagged"], o["suspicion"]),
+                     "seconds": sum(t.values()) + (time.time() - t0),
+                     "suggest_acc": float(np.mean(sugg[noisy] == truth[noisy])), "timings": t,
+                     "views": sig.extra.get("views")}
+    return out
 
 
 def fmt_row(name: str, d: dict) -> str:

@@ -168,7 +168,7 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
 
     from . import images as images_mod
     from .backbones import create_backbone
-    from .scores import Signals, knn_label_probs, margin, score_and_flag
+    from .scores import build_signals, margin, score_and_flag
     from .selection import balanced_clean_set, clean_posterior
     from .train import (cross_val_linear_probs, fft_epoch, forward_pass, make_fft_optimizer, make_runtime,
                         per_sample_ce, pick_device, recalibrate_bn, set_head, softmax, train_linear_head)
@@ -318,15 +318,18 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     writer.write_json("gmm.json", gmm_log)
     probs = softmax(logits)
     writer.write_npy("probs.npy", probs.astype(np.float32))
-    knn_probs, _ = knn_label_probs(feats_post, labels, k, config.knn_k)
     # Out-of-fold probabilities of Phase I's GCE linear probe, on the pretrained features and on
     # the fine-tuned ones: no model that saw a sample's own label scores it, so nothing memorised.
     cv_probs = [cross_val_linear_probs(f, labels, k, q=config.gce_q, epochs=config.lp_epochs, lr=config.lp_lr,
                                        batch_size=config.batch_size, seed=config.seed, cancel=cancel)
                 for f in ([feats_pre] if feats_post is feats_pre else [feats_pre, feats_post])]
     writer.write_npy("cv_probs.npy", np.stack(cv_probs).astype(np.float32))
-    sig = Signals(labels=labels, probs=probs, clean_prob=clean_prob, losses=np.stack(loss_history),
-                  knn_probs=knn_probs, tau=config.tau, cv_probs=np.mean(cv_probs, axis=0))
+    views = [feats_pre] if feats_post is feats_pre else [feats_pre, feats_post]
+    sig = build_signals(labels, probs, clean_prob, np.stack(loss_history), views, cv_probs,
+                        knn_k=config.knn_k, tau=config.tau)
+    emit({"phase": "score", "kind": "info", "views": ["pretrained", "fine-tuned"][:len(views)],
+          "trusted_views": [["pretrained", "fine-tuned"][i] for i in sig.extra["views"]]})
+    knn_probs = sig.knn_probs
     result = score_and_flag(sig, config.score, config.flag_rule)
     mrg = margin(probs, labels)
     predicted = probs.argmax(axis=1)

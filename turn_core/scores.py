@@ -165,3 +165,47 @@ def score_and_flag(s: Signals, score: str = "ensemble", flag_rule: str = "ensemb
     flagged = FLAG_RULES[flag_rule](s, suspicion).astype(bool)
     suggested, confidence = suggest_labels(s, flagged)
     return {"suspicion": suspicion, "flagged": flagged, "suggested": suggested, "confidence": confidence}
+
+
+def select_views(cv_probs: list[np.ndarray], labels: np.ndarray, tolerance: float = 0.005) -> list[int]:
+    """Indices of the feature views worth trusting, judged by out-of-fold agreement with the
+    given labels.
+
+    cv_probs: one (N, K) out-of-fold probability array per feature view (pretrained, fine-tuned).
+    Under label noise that does not depend on the view, a representation on which held-out
+    probes agree more with the noisy labels also agrees more with the true ones, so the noisy
+    agreement ranks views without any clean data. Views within ``tolerance`` of the best are kept.
+    Why it exists: fine-tuning can damage a backbone (measured here on MobileNetV2 at 64 px), and
+    then the pretrained view must carry the score.
+    """
+    agree = [float(np.mean(p.argmax(axis=1) == labels)) for p in cv_probs]
+    best = max(agree)
+    return [i for i, a in enumerate(agree) if a >= best - tolerance]
+
+
+def build_signals(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray, losses: np.ndarray,
+                  features: list[np.ndarray], cv_probs: list[np.ndarray], *, knn_k: int = 10,
+                  tau: float = 0.5) -> Signals:
+    """Signals from a run's arrays: keeps the trusted feature views (``select_views``), averages
+    their out-of-fold probabilities, and takes the neighbour vote on each kept view."""
+    keep = select_views(cv_probs, labels)
+    k = probs.shape[1]
+    knn = np.mean([knn_label_probs(features[i], labels, k, knn_k)[0] for i in keep], axis=0)
+    return Signals(labels=labels, probs=probs, clean_prob=clean_prob, losses=losses, knn_probs=knn,
+                   tau=tau, cv_probs=np.mean([cv_probs[i] for i in keep], axis=0),
+                   extra={"views": keep})
+
+
+def signals_from_run(run) -> Signals:
+    """Rebuild a finished run's Signals from its directory (``turn_core.rundir.Run``), so scores
+    and flag rules can be compared without training again (the benchmark does this)."""
+    s = run.samples()
+    idx = {c: i for i, c in enumerate(run.classes)}
+    labels = s["given_label"].map(idx).to_numpy()
+    losses = np.stack([s["loss_lp"].to_numpy()] + [s[c].to_numpy() for c in s.columns if c.startswith("loss_fft_")])
+    feats = [np.asarray(run.features("pre"), dtype=np.float32)]
+    if run.features("post") is not None:
+        feats.append(np.asarray(run.features("post"), dtype=np.float32))
+    cv = list(np.load(run.dir / "cv_probs.npy"))
+    return build_signals(labels, np.load(run.dir / "probs.npy"), s["clean_prob"].to_numpy(), losses, feats[:len(cv)],
+                         cv, knn_k=run.settings.get("knn_k", 10), tau=run.settings.get("tau", 0.5))
