@@ -170,7 +170,7 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     from .backbones import create_backbone
     from .scores import build_signals, margin, score_and_flag
     from .selection import balanced_clean_set, clean_posterior
-    from .train import (cross_val_linear_probs, fft_epoch, forward_pass, make_fft_optimizer, make_runtime,
+    from .train import (cross_val_linear_probs, fft_epoch, fit_temperature, forward_pass, make_fft_optimizer, make_runtime,
                         per_sample_ce, pick_device, recalibrate_bn, set_head, softmax, train_linear_head)
 
     timings: dict[str, float] = {}
@@ -253,8 +253,14 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     w, b, _ = train_linear_head(feats_pre, labels, k, loss=lp_loss, q=config.gce_q, epochs=config.lp_epochs,
                                 lr=config.lp_lr, weight_decay=config.lp_weight_decay,
                                 batch_size=config.batch_size, seed=config.seed, progress=emit, cancel=cancel)
-    set_head(model, w, b)
     logits = feats_pre @ w.numpy().T + b.numpy()
+    temperature = 1.0
+    if config.method == "turn" and config.fft_epochs > 0 and config.calibrate_head:
+        temperature = fit_temperature(logits, labels)
+        w, b = w / temperature, b / temperature
+        logits = logits / temperature
+        emit({"phase": "lp", "kind": "info", "head_temperature": temperature})
+    set_head(model, w, b)
     loss_history = [per_sample_ce(logits, labels)]
     timings["lp"] = _timed(emit, "lp", t0)
     from .metrics import accuracy, detection_metrics

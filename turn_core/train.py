@@ -227,6 +227,21 @@ def cross_val_linear_probs(features: np.ndarray, labels: np.ndarray, n_classes: 
     return out
 
 
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the mean CE of ``logits / T`` (N, K) against ``labels`` (N,).
+
+    Why: a GCE-trained head is not calibrated for CE — GCE keeps pushing confident logits up —
+    so its logits can be far larger than CE needs, and the first CE steps of FFT then take huge
+    gradients through the backbone. Dividing the head by T keeps every prediction (argmax) and
+    gives FFT a calibrated start. A grid over log T is enough for one scalar.
+    """
+    z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    grid = np.exp(np.linspace(np.log(0.05), np.log(100.0), 121))
+    losses = [float(F.cross_entropy(z / t, y)) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
 def set_head(model, weight: torch.Tensor, bias: torch.Tensor) -> None:
     head = model.get_classifier()
     with torch.no_grad():
