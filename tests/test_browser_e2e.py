@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from screenshots import CHROMIUM, CHROMIUM_ARGS, free_port, start_server, stop_server, wait_ready  # noqa: E402
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
@@ -89,7 +89,7 @@ def test_demo_run_review_and_download(server, browser):
     start.click()
     # The Training page polls the job; wait until it says it finished.
     try:
-        page.get_by_text("Finished.").first.wait_for(timeout=150_000)
+        page.get_by_text("Finished.").first.wait_for(timeout=420_000)
     except Exception:
         page.screenshot(path=str(runs.parent / "fail.png"), full_page=True)
         raise

@@ -337,6 +337,8 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
           "trusted_views": [["pretrained", "fine-tuned"][i] for i in sig.extra["views"]]})
     knn_probs = sig.knn_probs
     result = score_and_flag(sig, config.score, config.flag_rule)
+    # metrics.json must describe samples.csv exactly, so both use the 6 decimals written there
+    result["suspicion"] = np.round(result["suspicion"], 6)
     mrg = margin(probs, labels)
     predicted = probs.argmax(axis=1)
     knn_agree = knn_probs[np.arange(len(labels)), labels]
