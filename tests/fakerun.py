@@ -45,7 +45,6 @@ def make_fake_run(run_dir: str | Path, n: int = 60, *, seed: int = 0, state: str
         "format": 1, "settings": cfg.to_dict(), "classes": classes, "versions": {},
         "dataset": {"source": str(dataset_root or "fake"), "root": str(dataset_root or ""),
                     "kind": "csv", "fingerprint": f"fake-{seed}", "n_train": n, "n_test": 0}})
-    t0 = 1_700_000_000.0
     for phase, epochs in (("lp", 3), ("fft", fft_epochs)):
         for e in range(1, epochs + 1):
             w.event(phase, "epoch", epoch=e, epochs=epochs, loss=float(1.0 / e),

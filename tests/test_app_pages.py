@@ -7,11 +7,9 @@ clean Streamlit caches.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from fakerun import make_fake_run
@@ -25,17 +23,8 @@ TIMEOUT = 90
 
 
 @pytest.fixture(autouse=True)
-def clean_env(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv("TURN_AUDIT_RUNS", str(root))
-    monkeypatch.setenv("TURN_AUDIT_DATA_ROOTS", str(tmp_path))
-    monkeypatch.delenv("TURN_AUDIT_DEFAULTS", raising=False)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield root
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def clean_env(app_runs_root):
+    return app_runs_root
 
 
 def app(run: str | None = None) -> AppTest:

@@ -14,11 +14,8 @@ from turn_core.errors import InputError
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_torch_thread(one_torch_thread):
+    return None
 
 
 @pytest.fixture(scope="module")

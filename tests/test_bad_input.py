@@ -272,19 +272,8 @@ PAGES = ["pages/overview.py", "pages/data_run.py", "pages/training.py", "pages/l
 
 
 @pytest.fixture
-def runs_root(tmp_path, monkeypatch):
-    import streamlit as st
-
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv("TURN_AUDIT_RUNS", str(root))
-    monkeypatch.setenv("TURN_AUDIT_DATA_ROOTS", str(tmp_path))
-    monkeypatch.delenv("TURN_AUDIT_DEFAULTS", raising=False)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield root
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def runs_root(app_runs_root):
+    return app_runs_root
 
 
 def _every_page_opens(run_name: str) -> None:

@@ -22,13 +22,8 @@ from turn_core.train import train_linear_head
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: a second intra-op thread only adds spin-wait overhead (50x slower on a
-    # loaded 2-core host). Restored afterwards so other test files see the default.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_torch_thread(one_torch_thread):
+    return None
 
 
 # ------------------------------------------------------------------------------------ GCE

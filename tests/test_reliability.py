@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 from fakerun import make_fake_run  # noqa: E402
 
 from turn_core.config import RunConfig  # noqa: E402
-from turn_core.errors import InputError  # noqa: E402
 
 TINY = dict(data="demo", demo_n=150, image_size=32, lp_epochs=2, fft_epochs=1, batch_size=64)
 APP_FILES = [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
@@ -164,18 +163,8 @@ def _zip(members: dict[str, bytes]) -> bytes:
 
 
 @pytest.fixture
-def app_env(tmp_path, monkeypatch):
-    import streamlit as st
-
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    monkeypatch.setenv("TURN_AUDIT_RUNS", str(runs))
-    monkeypatch.delenv("TURN_AUDIT_DEFAULTS", raising=False)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield runs
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def app_env(app_runs_root):
+    return app_runs_root
 
 
 def _data_page():

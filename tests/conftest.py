@@ -1,0 +1,35 @@
+"""Fixtures shared by several test files."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def app_runs_root(tmp_path, monkeypatch):
+    """An empty runs folder for the app (``TURN_AUDIT_RUNS``), server data limited to
+    ``tmp_path``, no form defaults, and Streamlit's caches cleared before and after (they outlive
+    a test inside one pytest process)."""
+    import streamlit as st
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("TURN_AUDIT_RUNS", str(root))
+    monkeypatch.setenv("TURN_AUDIT_DATA_ROOTS", str(tmp_path))
+    monkeypatch.delenv("TURN_AUDIT_DEFAULTS", raising=False)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield root
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: a second intra-op thread only adds spin-wait overhead (50x slower on a
+    loaded 2-core host). Restored afterwards so other test files see the default."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
