@@ -119,26 +119,20 @@ def flag_paper(s: Signals, suspicion: np.ndarray) -> np.ndarray:
 
 @register_flag_rule("ensemble")
 def flag_ensemble(s: Signals, suspicion: np.ndarray) -> np.ndarray:
-    """Flag the k most suspicious samples, k = the smaller of two independent estimates of how
-    many labels are wrong:
+    """Confident learning (cleanlab ``find_label_issues``, prune by noise rate) on the ensemble's
+    probabilities: it estimates how many labels each class pair has swapped and flags that many
+    of the least likely, so the flag count follows the estimated noise.
 
-    * the paper's: samples whose GMM clean posterior falls below τ;
-    * confident learning's (cleanlab ``find_label_issues``, prune by noise rate) on the
-      ensemble's probabilities.
-    Both over-count when the features are weak (every hard image looks noisy), so the smaller is
-    the safer count; the ensemble score, which ranks better than either (BENCHMARKS.md), decides
-    which samples fill it.
+    Measured alternative (BENCHMARKS.md): flagging the top-k with k = min(GMM count, this count)
+    raised F1 on real human noise but fell far short on asymmetric 0.4 noise, where the GMM
+    undercounts consistent flips; this rule beat both peers in all four settings.
     """
-    k = int(np.sum(s.clean_prob < s.tau))
+    p = suggestion_probs(s)
     try:
         from cleanlab.filter import find_label_issues
-
-        k = min(k, int(np.sum(find_label_issues(s.labels, suggestion_probs(s)))))
-    except ImportError:  # cleanlab is in requirements.txt; the GMM count alone still works
-        pass
-    flagged = np.zeros(len(s.labels), dtype=bool)
-    flagged[np.argsort(-np.asarray(suspicion), kind="stable")[:k]] = True
-    return flagged
+    except ImportError:  # cleanlab is in requirements.txt; keep a rule that needs nothing
+        return p.argmax(axis=1) != s.labels
+    return np.asarray(find_label_issues(s.labels, p), dtype=bool)
 
 
 def suggestion_probs(s: Signals) -> np.ndarray:
