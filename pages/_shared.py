@@ -243,3 +243,21 @@ def run_header(run: Run) -> dict:
 
 def reviewer_name() -> str:
     return st.session_state.get("reviewer") or "anonymous"
+
+
+def page_preamble(title: str, empty_message: str | None = None):
+    """Title, the selected run with its header, and its samples table — or stop the page.
+
+    The opening every run-reading page shares; ``empty_message`` is shown when the run has no
+    samples (the page stops either way)."""
+    st.title(title)
+    run = open_run(require_samples=True)
+    if run is None:
+        st.stop()
+    run_header(run)
+    df = samples(run)
+    if df is None or len(df) == 0:
+        if empty_message:
+            st.warning(empty_message)
+        st.stop()
+    return run, df

@@ -7,14 +7,7 @@ import streamlit as st
 from pages import _shared as sh
 from turn_core import views
 
-st.title("Feature clusters")
-run = sh.open_run(require_samples=True)
-if run is None:
-    st.stop()
-sh.run_header(run)
-df = sh.samples(run)
-if df is None or len(df) == 0:
-    st.stop()
+run, df = sh.page_preamble("Feature clusters")
 if run.features("pre") is None:
     st.warning("This run saved no features (save_features was off), so there is nothing to project.")
     st.stop()

@@ -8,15 +8,7 @@ import streamlit as st
 from pages import _shared as sh
 from turn_core import views
 
-st.title("Loss distributions")
-run = sh.open_run(require_samples=True)
-if run is None:
-    st.stop()
-sh.run_header(run)
-df = sh.samples(run)
-if df is None or len(df) == 0:
-    st.warning("This run has no samples.")
-    st.stop()
+run, df = sh.page_preamble("Loss distributions", "This run has no samples.")
 
 cols = views.loss_columns(df)
 truth = views.has_truth(df)

@@ -8,14 +8,9 @@ import streamlit as st
 from pages import _shared as sh
 from turn_core import views
 
-st.title("Review")
-run = sh.open_run(require_samples=True)
-if run is None:
-    st.stop()
-sh.run_header(run)
-df = sh.samples(run)
+run, df = sh.page_preamble("Review")
 store = sh.review_store(run)
-if df is None or len(df) == 0 or store is None:
+if store is None:
     st.stop()
 
 name = run.dir.name
