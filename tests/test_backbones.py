@@ -225,3 +225,73 @@ def test_checkpoint_that_is_a_folder(tmp_path):
     with pytest.raises(InputError):
         load_state_dict_file(tmp_path)
     assert Path(tmp_path).is_dir()
+
+
+# ------------------------------------------------------------------- batch-norm folding (FFT)
+def test_fold_batchnorm_keeps_the_pretrained_function():
+    import copy
+
+    from turn_core.train import fold_batchnorm
+
+    ref, _ = create_backbone("mobilenetv2_100", num_classes=3)
+    folded = copy.deepcopy(ref)
+    n = fold_batchnorm(folded)
+    bns = [m for m in ref.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert n == len(bns) == 52                          # every BN in MobileNetV2 follows a conv
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ref.eval()
+    folded.eval()
+    with torch.no_grad():
+        a = ref.forward_head(ref.forward_features(x), pre_logits=True)
+        b = folded.forward_head(folded.forward_features(x), pre_logits=True)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()))
+    assert not torch.equal(ref.conv_stem.weight, folded.conv_stem.weight)   # the scale moved
+
+
+def _conv_bn(tiny_var: float):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1, bias=True), torch.nn.BatchNorm2d(3),
+                              torch.nn.ReLU(), torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2))
+    with torch.no_grad():
+        for bn in (net[1], net[4]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+        net[1].running_var[0] = tiny_var                # a near-dead channel, as in MobileNetV2
+    return net.eval()
+
+
+def test_fold_batchnorm_on_a_small_net_is_exact_and_counts_pairs():
+    from turn_core.train import fold_batchnorm
+
+    net = _conv_bn(1e-8)
+    x = torch.randn(5, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = net(x)
+        assert fold_batchnorm(net) == 2
+        after = net(x)
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+    assert float(net[0].bias.detach().abs().max()) == 0.0        # the conv's own bias moved into the BN shift
+
+
+def test_fold_batchnorm_stops_tiny_variance_amplifying_a_gradient_step():
+    """Why bn_mode="fold": one SGD step moves eval-mode outputs ~1/sqrt(var + eps) times more
+    through a near-dead BN channel than through the folded one."""
+    from turn_core.train import fold_batchnorm
+
+    x = torch.randn(8, 2, 6, 6, generator=torch.Generator().manual_seed(2))
+
+    def output_change(fold: bool) -> float:
+        net = _conv_bn(1e-8)
+        if fold:
+            fold_batchnorm(net)
+        with torch.no_grad():
+            before = net(x).clone()
+        opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+        net(x).square().mean().backward()
+        opt.step()
+        with torch.no_grad():
+            return float((net(x) - before).abs().max())
+
+    assert output_change(fold=False) > 20 * output_change(fold=True)

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import METHODS, RunConfig, setting_help
+from .config import BN_MODES, METHODS, RunConfig, setting_help
 from .errors import Cancelled, TurnAuditError
 
 _SHORT_HELP = {
@@ -45,6 +45,8 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{text} (default: {default})"}
         if f.name == "method":
             kwargs["choices"] = METHODS
+        elif f.name == "bn_mode":
+            kwargs["choices"] = BN_MODES
         p.add_argument(flag, type=_type_of(f), **kwargs)
 
 

@@ -170,8 +170,9 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     from .backbones import create_backbone
     from .scores import build_signals, margin, score_and_flag
     from .selection import balanced_clean_set, clean_posterior
-    from .train import (cross_val_linear_probs, fft_epoch, fit_temperature, forward_pass, make_fft_optimizer, make_runtime,
-                        per_sample_ce, pick_device, recalibrate_bn, set_head, softmax, train_linear_head)
+    from .train import (cross_val_linear_probs, fft_epoch, fit_temperature, fold_batchnorm, forward_pass,
+                        make_fft_optimizer, make_runtime, per_sample_ce, pick_device, recalibrate_bn, set_head,
+                        softmax, train_linear_head)
 
     timings: dict[str, float] = {}
     if config.num_threads:
@@ -196,6 +197,8 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     mean = tuple(config.mean or data_cfg["mean"])
     std = tuple(config.std or data_cfg["std"])
     device = pick_device(config.device)
+    if config.bn_mode == "fold":
+        fold_batchnorm(model)   # same features; FFT without tiny-variance amplification (config.py)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -302,7 +305,7 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
                 per_class = dict(zip(classes, np.bincount(labels, minlength=k).tolist()))
             mean_loss = fft_epoch(model, imgs, train_idx, labels, opt, rt, epoch=epoch, epochs=config.fft_epochs,
                                   seed=config.seed, augment_images=config.fft_augment,
-                                  flip=config.data != "demo", freeze_bn_stats=config.bn_mode == "frozen",
+                                  flip=config.data != "demo", freeze_bn_stats=config.bn_mode != "recalibrate",
                                   grad_clip=config.fft_grad_clip or None, progress=emit, cancel=cancel)
             if config.bn_mode == "recalibrate":
                 recalibrate_bn(model, imgs, rt, seed=config.seed + epoch, cancel=cancel)
