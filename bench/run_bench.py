@@ -128,6 +128,7 @@ def ours(r: Run) -> dict:
     noisy = sig.labels != truth
     out = {}
     for name, (score, rule) in {"TURN Audit default": ("ensemble", "ensemble"),
+                                "TURN ensemble + confident learning": ("ensemble", "confident-learning"),
                                 "TURN paper GMM rule": ("paper", "paper")}.items():
         t0 = time.time()
         o = score_and_flag(sig, score, rule)

@@ -13,6 +13,7 @@ from pages import _shared as sh
 from turn_core import views
 from turn_core.config import METHODS, RunConfig, setting_help
 from turn_core.errors import InputError
+from turn_core.scores import FLAG_RULES, SCORES
 
 st.title("Data & run")
 
@@ -276,10 +277,9 @@ with st.expander("Advanced settings"):
                                     help=h("min_per_class"))
     knn_k = b4.number_input("k of the neighbour vote", 1, 200, int(base.knn_k), help=h("knn_k"))
     d1, d2, d3, d4 = st.columns(4)
-    score = d1.selectbox("Suspicion score", ["ensemble", "paper"], index=0 if base.score == "ensemble" else 1,
-                         help=h("score"))
-    flag_rule = d2.selectbox("Flag rule", ["ensemble", "paper"], index=0 if base.flag_rule == "ensemble" else 1,
-                             help=h("flag_rule"))
+    scores, rules = list(SCORES), list(FLAG_RULES)
+    score = d1.selectbox("Suspicion score", scores, index=scores.index(base.score), help=h("score"))
+    flag_rule = d2.selectbox("Flag rule", rules, index=rules.index(base.flag_rule), help=h("flag_rule"))
     gmm_per_class = d3.checkbox("One GMM per class", value=bool(base.gmm_per_class), help=h("gmm_per_class"))
     fft_augment = d4.checkbox("Augment during FFT", value=bool(base.fft_augment), help=h("fft_augment"))
     device = st.selectbox("Device", ["auto", "cpu", "cuda"],

@@ -91,7 +91,8 @@ class RunConfig:
     # ---- suspicion & flags ---------------------------------------------------------------------
     # score: "paper" (1 − clean posterior of the last epoch's GMM), or "ensemble" (see scores.py).
     score: str = "ensemble"
-    # flag rule: "paper" (clean posterior < τ), or "ensemble" (see scores.py).
+    # flag rule: "paper" (clean posterior < τ), "ensemble" (the ensemble's top class is not the
+    # given label) or "confident-learning" (cleanlab on the ensemble; fewer, surer flags).
     flag_rule: str = "ensemble"
     knn_k: int = 10
 

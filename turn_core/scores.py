@@ -119,13 +119,24 @@ def flag_paper(s: Signals, suspicion: np.ndarray) -> np.ndarray:
 
 @register_flag_rule("ensemble")
 def flag_ensemble(s: Signals, suspicion: np.ndarray) -> np.ndarray:
+    """Flag where the ensemble's most probable class is not the given label (cleanlab calls
+    this filter ``predicted_neq_given``).
+
+    Measured (BENCHMARKS.md, 4 settings): with the five-view ensemble this is the only rule
+    tried that beat both peers on F1 in every setting, asymmetric 0.4 included, where the GMM
+    rule flags a fifth of the errors and confident learning fell 0.01 short of the k-NN vote.
+    It trades precision for recall on low noise; "confident-learning" is the precise choice.
+    """
+    p = suggestion_probs(s)
+    return p.argmax(axis=1) != s.labels
+
+
+@register_flag_rule("confident-learning")
+def flag_confident_learning(s: Signals, suspicion: np.ndarray) -> np.ndarray:
     """Confident learning (cleanlab ``find_label_issues``, prune by noise rate) on the ensemble's
     probabilities: it estimates how many labels each class pair has swapped and flags that many
-    of the least likely, so the flag count follows the estimated noise.
-
-    Measured alternative (BENCHMARKS.md): flagging the top-k with k = min(GMM count, this count)
-    raised F1 on real human noise but fell far short on asymmetric 0.4 noise, where the GMM
-    undercounts consistent flips; this rule beat both peers in all four settings.
+    of the least likely. Higher precision than "ensemble" on low noise (aggre: 0.39 vs 0.30),
+    lower recall on asymmetric noise (BENCHMARKS.md).
     """
     p = suggestion_probs(s)
     try:
@@ -136,15 +147,22 @@ def flag_ensemble(s: Signals, suspicion: np.ndarray) -> np.ndarray:
 
 
 def suggestion_probs(s: Signals) -> np.ndarray:
-    """The ensemble's class probabilities: the mean of views that err differently.
+    """The ensemble's class probabilities (N, K): the mean of views that err differently.
 
-    * out-of-fold linear probes (GCE, Phase I's recipe) on pretrained and fine-tuned features —
-      they never saw the sample's own label;
-    * the label vote of the k nearest neighbours in the fine-tuned feature space.
-    Falls back to the final model's softmax where a view is missing.
+    Per trusted feature view (pretrained, and fine-tuned when FFT did not damage it; see
+    ``select_views``): the out-of-fold linear probe (GCE, Phase I's recipe — it never saw the
+    sample's own label) and the label vote of the k nearest neighbours. Plus TURN's final
+    model when the fine-tuned view is trusted: FFT trained it on the clean set only, so it did
+    not learn most wrong labels. All members weigh the same. Falls back to the final model's
+    softmax where no probe exists.
     """
-    views = [s.knn_probs, s.cv_probs if s.cv_probs is not None else s.probs]
-    return np.mean(views, axis=0)
+    n_views = len(s.extra.get("views", [0]))
+    cv = s.cv_probs if s.cv_probs is not None else s.probs
+    members = [(cv, n_views), (s.knn_probs, n_views)]
+    if s.extra.get("final_model_in_ensemble"):
+        members.append((s.probs, 1))
+    total = sum(w for _, w in members)
+    return sum(p * w for p, w in members) / total
 
 
 def suggest_labels(s: Signals, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,32 +191,34 @@ def score_and_flag(s: Signals, score: str = "ensemble", flag_rule: str = "ensemb
 
 
 def select_views(cv_probs: list[np.ndarray], labels: np.ndarray, tolerance: float = 0.005) -> list[int]:
-    """Indices of the feature views worth trusting, judged by out-of-fold agreement with the
-    given labels.
+    """Indices of the feature views worth trusting: the pretrained view (index 0) always, a
+    later (fine-tuned) view when its out-of-fold agreement with the given labels is at least
+    the pretrained view's minus ``tolerance``.
 
     cv_probs: one (N, K) out-of-fold probability array per feature view (pretrained, fine-tuned).
     Under label noise that does not depend on the view, a representation on which held-out
     probes agree more with the noisy labels also agrees more with the true ones, so the noisy
-    agreement ranks views without any clean data. Views within ``tolerance`` of the best are kept.
-    Why it exists: fine-tuning can damage a backbone (measured here on MobileNetV2 at 64 px), and
-    then the pretrained view must carry the score.
+    agreement tells, without clean data, whether fine-tuning damaged the backbone (it can, with
+    settings such as bn_mode="recalibrate"); then the pretrained view carries the score alone.
+    The pretrained view stays even when weaker: its errors differ from the fine-tuned view's,
+    and averaging both measured better than either alone (BENCHMARKS.md).
     """
     agree = [float(np.mean(p.argmax(axis=1) == labels)) for p in cv_probs]
-    best = max(agree)
-    return [i for i, a in enumerate(agree) if a >= best - tolerance]
+    return [0] + [i for i in range(1, len(agree)) if agree[i] >= agree[0] - tolerance]
 
 
 def build_signals(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray, losses: np.ndarray,
                   features: list[np.ndarray], cv_probs: list[np.ndarray], *, knn_k: int = 10,
                   tau: float = 0.5) -> Signals:
     """Signals from a run's arrays: keeps the trusted feature views (``select_views``), averages
-    their out-of-fold probabilities, and takes the neighbour vote on each kept view."""
+    their out-of-fold probabilities and their neighbour votes, and lets the final model join the
+    ensemble when a fine-tuned view exists and is trusted."""
     keep = select_views(cv_probs, labels)
     k = probs.shape[1]
     knn = np.mean([knn_label_probs(features[i], labels, k, knn_k)[0] for i in keep], axis=0)
     return Signals(labels=labels, probs=probs, clean_prob=clean_prob, losses=losses, knn_probs=knn,
                    tau=tau, cv_probs=np.mean([cv_probs[i] for i in keep], axis=0),
-                   extra={"views": keep})
+                   extra={"views": keep, "final_model_in_ensemble": any(i > 0 for i in keep)})
 
 
 def signals_from_run(run) -> Signals:
