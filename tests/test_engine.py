@@ -15,8 +15,8 @@ from turn_core.errors import Cancelled, InputError
 from turn_core.losses import gce_loss
 from turn_core.metrics import auroc, detection_metrics, precision_recall_at
 from turn_core.progress import CancelToken
-from turn_core.scores import (FLAG_RULES, SCORES, Signals, knn_label_probs, margin, rank01,
-                              score_and_flag)
+from turn_core.scores import (FLAG_RULES, SCORES, Signals, build_signals, knn_label_probs, margin,
+                              rank01, score_and_flag, select_views, suggestion_probs)
 from turn_core.selection import balanced_clean_set, clean_posterior, fit_loss_gmm
 from turn_core.train import train_linear_head
 
@@ -329,6 +329,47 @@ def test_ensemble_score_ranks_an_obvious_error_highest():
     assert out["suspicion"][0] == pytest.approx(1 - 0.005)
     assert out["suspicion"][0] == out["suspicion"].max()
     assert out["flagged"][0] and out["suggested"][0] == 0
+
+
+def test_ensemble_flag_rule_is_top_class_differs_from_given():
+    s = _signals(n=50, k=4, seed=7)
+    s.cv_probs = np.random.default_rng(8).dirichlet(np.ones(4), 50)
+    out = score_and_flag(s, "ensemble", "ensemble")
+    p = (s.cv_probs + s.knn_probs) / 2
+    assert np.array_equal(out["flagged"], p.argmax(axis=1) != s.labels)
+
+
+def test_final_model_joins_the_ensemble_with_equal_weight():
+    s = _signals(n=20, k=3, seed=9)
+    s.cv_probs = np.random.default_rng(10).dirichlet(np.ones(3), 20)
+    s.extra = {"views": [0, 1], "final_model_in_ensemble": True}
+    # cv_probs / knn_probs are already the means over the two views: 2 + 2 members + the final model
+    want = (2 * s.cv_probs + 2 * s.knn_probs + s.probs) / 5
+    assert np.allclose(suggestion_probs(s), want)
+    s.extra = {"views": [0], "final_model_in_ensemble": False}
+    assert np.allclose(suggestion_probs(s), (s.cv_probs + s.knn_probs) / 2)
+
+
+def _view_probs(labels, k, agree, seed):
+    """(N, K) probabilities whose argmax equals ``labels`` on a fraction ``agree`` of samples."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    top = np.where(rng.random(n) < agree, labels, (labels + 1) % k)
+    p = np.full((n, k), 0.1 / (k - 1))
+    p[np.arange(n), top] = 0.9
+    return p
+
+
+def test_select_views_keeps_pretrained_and_drops_a_damaged_fine_tuned_view():
+    labels = np.random.default_rng(0).integers(0, 4, 400)
+    pre, good, bad = (_view_probs(labels, 4, a, i) for i, a in enumerate((0.6, 0.75, 0.3)))
+    assert select_views([pre, good], labels) == [0, 1]   # weaker pretrained view still kept
+    assert select_views([pre, bad], labels) == [0]       # damaged fine-tuned view dropped
+    feats = [np.random.default_rng(1).normal(size=(400, 8)).astype(np.float32)] * 2
+    sig = build_signals(labels, pre, np.ones(400), np.zeros((2, 400)), feats, [pre, bad])
+    assert sig.extra == {"views": [0], "final_model_in_ensemble": False}
+    sig = build_signals(labels, pre, np.ones(400), np.zeros((2, 400)), feats, [pre, good])
+    assert sig.extra == {"views": [0, 1], "final_model_in_ensemble": True}
 
 
 @pytest.mark.parametrize("kw", [{"score": "nope"}, {"flag_rule": "nope"}])
