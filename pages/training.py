@@ -112,30 +112,41 @@ def render_charts(run_dir: Path) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Training loss**")
-        rows = p["loss_steps"] or []
+        rows = views.loss_curve_rows(p)
+        fig = None
         if rows:
-            df = pd.DataFrame(rows)
-            fig = px.line(df, x="x", y="loss", color="phase", labels={"x": "epoch"}, height=300)
-        elif p["loss_epochs"]:
-            df = pd.DataFrame(p["loss_epochs"])
-            fig = px.line(df, x="epoch", y="loss", color="phase", markers=True, height=300)
-        else:
-            fig = None
+            fig = px.line(pd.DataFrame(rows), x="x", y="loss", facet_col="panel", labels={"x": "epoch"},
+                          height=300)
+            fig.update_xaxes(matches=None)
+            fig.update_yaxes(matches=None, showticklabels=True)
+            fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
         if fig is not None:
-            fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
+            fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
             st.plotly_chart(fig, width="stretch", key="loss_curve")
         else:
             st.caption("No loss reported yet.")
     with right:
-        st.markdown("**Clean-set size per class (FFT epochs)**")
+        st.markdown("**Clean samples per class (FFT epochs)**")
         if p["clean"]:
             df = pd.DataFrame(p["clean"])
-            fig = px.line(df, x="epoch", y="clean", color="class", markers=True, height=300)
+            if p["kept"]:
+                # kept = passed the GMM's τ; TURN then draws n = the smallest kept count from each
+                # class, so the drawn counts are one line and the kept ones show why n is what it is.
+                kept = pd.DataFrame(p["kept"])
+                drawn = df.groupby("epoch", as_index=False)["clean"].min().assign(**{"class": "drawn per class (n)"})
+                fig = px.line(pd.concat([kept.rename(columns={"kept": "clean"}), drawn]), x="epoch", y="clean",
+                              color="class", markers=True, height=300, labels={"clean": "samples"})
+                fig.for_each_trace(lambda t: t.update(line=dict(dash="dash", width=3))
+                                   if t.name == "drawn per class (n)" else None)
+            else:
+                fig = px.line(df, x="epoch", y="clean", color="class", markers=True, height=300)
             fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
             st.plotly_chart(fig, width="stretch", key="clean_curve")
             taus = sorted({t["tau"] for t in p["tau"]})
             if taus:
-                st.caption("τ per epoch: " + ", ".join(f"{t['epoch']}: {t['tau']}" for t in p["tau"]))
+                st.caption("Lines: samples per class whose clean posterior passed τ (kept); dashed: "
+                           "how many TURN drew from each. τ per epoch: "
+                           + ", ".join(f"{t['epoch']}: {t['tau']}" for t in p["tau"]))
             with st.expander("Table"):
                 st.dataframe(df.pivot_table(index="epoch", columns="class", values="clean", aggfunc="last"),
                              width="stretch")

@@ -167,12 +167,13 @@ def progress_summary(events: list[dict], now: float | None = None) -> dict:
     ``images_per_s``, ``fraction`` (of the current phase, 0..1), ``eta_s`` (of the current phase,
     None when unknown), ``loss_steps`` (list of dicts phase/x/loss for a curve),
     ``loss_epochs`` (phase/epoch/loss), ``clean`` (FFT epoch → clean count per class),
+    ``kept`` (FFT epoch → samples per class whose clean posterior passed τ, before balancing),
     ``tau`` (epoch → τ), ``warnings`` (messages), ``last`` (the last event).
     """
     now = time.time() if now is None else now
     out: dict[str, Any] = {"phase": None, "phase_name": "waiting", "epoch": None, "epochs": None,
                            "step": None, "steps": None, "images_per_s": None, "fraction": None,
-                           "eta_s": None, "loss_steps": [], "loss_epochs": [], "clean": [],
+                           "eta_s": None, "loss_steps": [], "loss_epochs": [], "clean": [], "kept": [],
                            "tau": [], "warnings": [], "last": events[-1] if events else None,
                            "timings": []}
     phase_start: dict[str, float] = {}
@@ -202,6 +203,9 @@ def progress_summary(events: list[dict], now: float | None = None) -> dict:
             if isinstance(cpc, dict):
                 for c, n in cpc.items():
                     out["clean"].append({"epoch": ev.get("epoch"), "class": str(c), "clean": n})
+        elif kind == "gmm" and isinstance(ev.get("kept_per_class"), dict):
+            out["kept"] += [{"epoch": ev.get("epoch"), "class": str(c), "kept": n}
+                            for c, n in ev["kept_per_class"].items()]
         elif kind == "start":
             out.update(epoch=None, epochs=ev.get("epochs"), step=None, steps=ev.get("steps"))
         elif kind == "warning":
@@ -288,6 +292,21 @@ def gmm_for_column(gmm: list[dict], column: str) -> dict | None:
         if not g.get("final") and g.get("epoch") == j + 1:
             return g
     return None
+
+
+def loss_curve_rows(progress: dict) -> list[dict]:
+    """Rows (panel, x, loss) for the Training page's loss chart, one panel per phase: LP's GCE
+    loss per epoch, and FFT's CE loss per step (x in epochs) or, without steps, per epoch. The
+    two losses are different functions, so they get separate panels rather than one axis."""
+    rows = [{"panel": "LP (GCE, per epoch)", "x": r["epoch"], "loss": r["loss"]}
+            for r in progress["loss_epochs"] if r["phase"] == "lp"]
+    fft_steps = [r for r in progress["loss_steps"] if r["phase"] == "fft"]
+    if fft_steps:
+        rows += [{"panel": "FFT (CE, per step)", "x": r["x"], "loss": r["loss"]} for r in fft_steps]
+    else:
+        rows += [{"panel": "FFT (CE, per epoch)", "x": r["epoch"], "loss": r["loss"]}
+                 for r in progress["loss_epochs"] if r["phase"] == "fft"]
+    return rows
 
 
 def gmm_curves(g: dict, x: np.ndarray, n: int, bin_width: float) -> dict[str, np.ndarray]:
