@@ -399,6 +399,23 @@ def test_train_linear_head_learns_separable_problem(loss):
     assert all(e["phase"] == "lp" and e["kind"] == "epoch" for e in events)
 
 
+def test_train_linear_head_min_steps_fits_small_data():
+    """E_LP counts epochs: on 60 samples one 128-batch per epoch is 20 Adam steps at lr 1e-3,
+    too few to fit; with at least 32 steps per epoch the same 20 epochs fit the head."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 16)) * 1.5
+    y = np.repeat(np.arange(3), 20)
+    x = (centres[y] + rng.normal(size=(60, 16)) * 0.5).astype(np.float32)
+
+    def train_acc(min_steps):
+        w, b, hist = train_linear_head(x, y, 3, lr=1e-3, epochs=20, min_steps_per_epoch=min_steps)
+        return float(np.mean((x @ w.numpy().T + b.numpy()).argmax(1) == y)), hist[-1]
+
+    (acc0, loss0), (acc32, loss32) = train_acc(0), train_acc(32)
+    assert loss32 < 0.5 * loss0
+    assert acc32 == 1.0
+
+
 def test_train_linear_head_is_seeded():
     x, y = _blobs(n=100)
     a = train_linear_head(x, y, 3, epochs=3, seed=5)

@@ -255,7 +255,8 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     lp_loss = "gce" if config.method in ("turn", "gce-lp") else "ce"
     w, b, _ = train_linear_head(feats_pre, labels, k, loss=lp_loss, q=config.gce_q, epochs=config.lp_epochs,
                                 lr=config.lp_lr, weight_decay=config.lp_weight_decay,
-                                batch_size=config.batch_size, seed=config.seed, progress=emit, cancel=cancel)
+                                batch_size=config.batch_size, min_steps_per_epoch=config.lp_min_steps,
+                                seed=config.seed, progress=emit, cancel=cancel)
     logits = feats_pre @ w.numpy().T + b.numpy()
     temperature = 1.0
     if config.method == "turn" and config.fft_epochs > 0 and config.calibrate_head:
@@ -330,7 +331,8 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     # Out-of-fold probabilities of Phase I's GCE linear probe, on the pretrained features and on
     # the fine-tuned ones: no model that saw a sample's own label scores it, so nothing memorised.
     cv_probs = [cross_val_linear_probs(f, labels, k, q=config.gce_q, epochs=config.lp_epochs, lr=config.lp_lr,
-                                       batch_size=config.batch_size, seed=config.seed, cancel=cancel)
+                                       batch_size=config.batch_size, min_steps_per_epoch=config.lp_min_steps,
+                                       seed=config.seed, cancel=cancel)
                 for f in ([feats_pre] if feats_post is feats_pre else [feats_pre, feats_post])]
     writer.write_npy("cv_probs.npy", np.stack(cv_probs).astype(np.float32))
     views = [feats_pre] if feats_post is feats_pre else [feats_pre, feats_post]

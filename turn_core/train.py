@@ -200,12 +200,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, *, loss: str = "gce",
                       q: float = 0.7, epochs: int = 20, lr: float = 1e-2, weight_decay: float = 0.0,
-                      batch_size: int = 128, seed: int = 0, progress: Callable | None = None,
+                      batch_size: int = 128, min_steps_per_epoch: int = 0, seed: int = 0,
+                      progress: Callable | None = None,
                       cancel: CancelToken | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Phase I: a linear head g(z; φ) on frozen, cached features.
 
     features (N, D) float; labels (N,) int. ``loss`` is "gce" (TURN, q) or "ce". Adam (the paper
-    does not name LP's optimiser; Adam converges in 20 epochs on any feature scale).
+    does not name LP's optimiser). ``min_steps_per_epoch`` > 0 shrinks the batch so an epoch
+    takes at least that many steps: E_LP counts epochs, and on a few hundred images 20 epochs of
+    128-image batches are too few Adam steps to fit the head at all.
     Returns (weight (K, D), bias (K,), mean loss per epoch).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -216,6 +219,8 @@ def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, 
     torch.nn.init.zeros_(head.bias)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     history = []
+    if min_steps_per_epoch > 0:
+        batch_size = max(1, min(batch_size, -(-len(x) // min_steps_per_epoch)))
     steps = (len(x) + batch_size - 1) // batch_size
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(len(x), generator=gen)
@@ -237,7 +242,7 @@ def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, 
 
 def cross_val_linear_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, *, folds: int = 5,
                            loss: str = "gce", q: float = 0.7, epochs: int = 20, lr: float = 1e-2,
-                           batch_size: int = 128, seed: int = 0,
+                           batch_size: int = 128, min_steps_per_epoch: int = 0, seed: int = 0,
                            cancel: CancelToken | None = None) -> np.ndarray:
     """Out-of-fold class probabilities (N, K) of a linear head on cached ``features`` (N, D).
 
@@ -259,7 +264,8 @@ def cross_val_linear_probs(features: np.ndarray, labels: np.ndarray, n_classes: 
         if not te.any():
             continue
         w, b, _ = train_linear_head(x[tr], labels[tr], n_classes, loss=loss, q=q, epochs=epochs, lr=lr,
-                                    batch_size=batch_size, seed=seed + f, cancel=cancel)
+                                    batch_size=batch_size, min_steps_per_epoch=min_steps_per_epoch,
+                                    seed=seed + f, cancel=cancel)
         out[te] = softmax(x[te] @ w.numpy().T + b.numpy())
     return out
 
