@@ -11,68 +11,22 @@ writes ``assets/screenshots/<page>.png``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(ROOT / "tests"))
+# One server/browser helper for the browser tests and this script.
+from browser_util import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server, wait_ready  # noqa: E402
+
 # (url path, file name, text that shows the page is drawn)
 PAGES = [("", "overview", "Runs"), ("data_run", "data_run", "Start run"), ("training", "training", "Training loss"),
          ("losses", "losses", "Suspicion cut-off"), ("clusters", "clusters", "After fine-tuning"),
          ("review", "review", "suspects reviewed"), ("export", "export", "Corrected labels")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(runs: Path, port: int, extra_env: dict | None = None, log=None) -> subprocess.Popen:
-    env = dict(os.environ, TURN_AUDIT_RUNS=str(runs), **(extra_env or {}))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-           "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log or subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read().decode().strip() == "ok":
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.terminate()
-    raise RuntimeError("streamlit did not become healthy in 60 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def wait_ready(page, text: str | None = None, timeout_ms: int = 90_000) -> None:
-    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=timeout_ms)
-    if text:
-        page.get_by_text(text).first.wait_for(timeout=timeout_ms)
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
-    page.wait_for_function('document.querySelectorAll(\'[data-testid="stSkeleton"], [data-testid="stSpinner"]\').length === 0',
-                           timeout=timeout_ms)
 
 
 def make_runs(args) -> tuple[Path, str]:
@@ -86,7 +40,6 @@ def make_runs(args) -> tuple[Path, str]:
         return runs, args.run or rs[0].name
     runs = Path(tempfile.mkdtemp(prefix="turn-shots-"))
     if args.fake:
-        sys.path.insert(0, str(ROOT / "tests"))
         from fakerun import make_fake_run
 
         make_fake_run(runs / "fake-run", n=300, dataset_root=runs.parent / (runs.name + "-data"))
@@ -105,8 +58,7 @@ def shoot(runs: Path, run: str, out_dir: Path, width: int = 1400) -> list[Path]:
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} not found: apt-get install -y chromium")
     out_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = start_server(runs, port)
+    proc, url = start_server(runs)
     written = []
     try:
         # A few review decisions so the Review/Export pages show something real.
@@ -125,7 +77,7 @@ def shoot(runs: Path, run: str, out_dir: Path, width: int = 1400) -> list[Path]:
             page = browser.new_page(viewport={"width": width, "height": 1000})
             for path, name, text in PAGES:
                 page.set_viewport_size({"width": width, "height": 1600 if name in ("review", "losses", "overview", "export", "data_run") else 1000})
-                page.goto(f"http://127.0.0.1:{port}/{path}?run={run}")
+                page.goto(f"{url}/{path}?run={run}")
                 wait_ready(page, text)
                 time.sleep(1.5)  # plotly draws after the script finishes
                 f = out_dir / f"{name}.png"
