@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from screenshots import CHROMIUM, CHROMIUM_ARGS, free_port, start_server, stop_server, wait_ready  # noqa: E402
+from browser_util import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server, wait_ready  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -42,13 +42,11 @@ def browser():
 def server(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    proc = start_server(runs, port, {"TURN_AUDIT_DEFAULTS": json.dumps(TINY),
-                                     "TURN_AUDIT_DATA_ROOTS": str(tmp_path)}, log=log)
-    yield f"http://127.0.0.1:{port}", runs
+    proc, url = start_server(runs, extra_env={"TURN_AUDIT_DEFAULTS": json.dumps(TINY),
+                                              "TURN_AUDIT_DATA_ROOTS": str(tmp_path)},
+                             log_path=tmp_path / "server.log")
+    yield url, runs
     stop_server(proc)
-    log.close()
 
 
 def assert_no_exception(page) -> None:
