@@ -34,9 +34,10 @@ def h(name: str) -> str | None:
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=3)
 def load_preview(kind: str, source: str, noise: str, rate: float, n: int, seed: int):
     from turn_core import data
+    from turn_core.demo import load_demo
 
     if kind == "demo":
-        return data.load_demo(n=n, noise=noise, rate=rate, seed=seed)
+        return load_demo(n=n, noise=noise, rate=rate, seed=seed)
     return data.load_dataset(source)
 
 

@@ -167,9 +167,7 @@ def test_image_animated_is_used(bad_images_run):
 @pytest.fixture
 def run_cli(tmp_path, monkeypatch, capsys):
     """cli.main(["run", ...]) with the image cache in tmp; returns (exit code, stderr)."""
-    import turn_core.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("TURN_AUDIT_CACHE", str(tmp_path / "cache"))
 
     def call(*args: str) -> tuple[int, str]:
         code = cli.main(["run", "--out", str(tmp_path / "out"), *TINY, *args])

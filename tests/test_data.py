@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from turn_core.data import Dataset, load_dataset, load_demo
+from turn_core.data import Dataset, load_dataset
+from turn_core.demo import load_demo
 from turn_core.errors import InputError
 
 

@@ -32,11 +32,10 @@ TIMING_PHASES = ("data", "backbone", "cache", "features", "lp", "fft", "score")
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """A private cache (demo PNGs + image memmaps); pipeline reads DEFAULT_CACHE at import."""
+    """A private cache (demo PNGs + image memmaps): config.cache_dir() reads the environment."""
     path = tmp_path_factory.mktemp("turn_cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("TURN_AUDIT_CACHE", str(path))
-    mp.setattr(pipeline, "DEFAULT_CACHE", path)
     threads = torch.get_num_threads()
     yield path
     mp.undo()
@@ -114,7 +113,7 @@ def test_samples_csv(turn_run):
 
 
 def test_samples_match_the_demo_dataset(turn_run, cache):
-    from turn_core.data import load_demo
+    from turn_core.demo import load_demo
 
     cfg, out, _ = turn_run
     ds = load_demo(n=cfg.demo_n, noise=cfg.demo_noise, rate=cfg.demo_noise_rate, seed=cfg.seed)

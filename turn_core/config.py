@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,14 @@ from typing import Any
 from .errors import InputError
 
 METHODS = ("turn", "ce-lp", "gce-lp", "ce-fft")
+CACHE_ENV = "TURN_AUDIT_CACHE"
+
+
+def cache_dir() -> Path:
+    """The one cache folder (demo PNGs, decoded-image memmaps): ``$TURN_AUDIT_CACHE``, or
+    ``~/.cache/turn_audit`` when that is unset or empty. Read at call time, so tests and the
+    app can point it elsewhere with the environment."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "turn_audit").expanduser()
 BN_MODES = ("fold", "frozen", "recalibrate")
 
 
@@ -180,4 +189,4 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(RunConfig))
 
 
-__all__ = ["RunConfig", "METHODS", "BN_MODES", "setting_help", "config_fields", "field"]
+__all__ = ["RunConfig", "METHODS", "cache_dir", "BN_MODES", "setting_help", "config_fields", "field"]

@@ -24,13 +24,12 @@ from typing import Callable
 
 import numpy as np
 
-from .config import RunConfig
+from .config import RunConfig, cache_dir
 from .errors import Cancelled, InputError
 from .progress import CancelToken, check
 from .rundir import SAMPLE_COLUMNS, RunWriter
 
 DEMO_IMAGE_SIZE = 32     # the demo's 28-px digits: 32 px keeps `turn_core demo` under 2 min on 2 cores
-DEFAULT_CACHE = Path(os.environ.get("TURN_AUDIT_CACHE", Path.home() / ".cache" / "turn_audit"))
 log = logging.getLogger("turn_core")
 
 
@@ -48,9 +47,10 @@ def _versions() -> dict:
 def load_inputs(config: RunConfig):
     """(train Dataset, test Dataset | None, noise report) for ``config``."""
     from . import data, noise
+    from .demo import load_demo
 
     if config.data == "demo":
-        ds = data.load_demo(n=config.demo_n, noise=config.demo_noise, rate=config.demo_noise_rate,
+        ds = load_demo(n=config.demo_n, noise=config.demo_noise, rate=config.demo_noise_rate,
                             seed=config.seed, asym_map=config.asym_map)
     else:
         ds = data.load_dataset(config.data)
@@ -61,7 +61,7 @@ def load_inputs(config: RunConfig):
         if config.inject_noise == "instance":
             from .images import build_image_cache
 
-            imgs, _ = build_image_cache(ds.files, 16, DEFAULT_CACHE, key=ds.fingerprint() + "-noise")
+            imgs, _ = build_image_cache(ds.files, 16, cache_dir(), key=ds.fingerprint() + "-noise")
             feats = np.asarray(imgs, dtype=np.float32).reshape(len(imgs), -1)
         noisy, realised = noise.inject_noise(config.inject_noise, base, len(ds.classes), config.inject_noise_rate,
                                              config.seed, features=feats, mapping=config.asym_map, classes=ds.classes)
@@ -208,8 +208,8 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
     # 3. image cache -----------------------------------------------------------------------
     t0 = time.time()
     emit({"phase": "cache", "kind": "start", "n": len(train.files)})
-    cache_dir = DEFAULT_CACHE / "images"
-    imgs, bad = images_mod.build_image_cache(train.files, size, cache_dir, key=train.fingerprint(),
+    image_cache = cache_dir() / "images"
+    imgs, bad = images_mod.build_image_cache(train.files, size, image_cache, key=train.fingerprint(),
                                              progress=emit, cancel=cancel)
     skipped = list(train.skipped) + [(train.paths[i], r) for i, r in sorted(bad.items())]
     if bad:
@@ -218,7 +218,7 @@ def _run(config: RunConfig, writer: RunWriter, emit: _Emitter, cancel: CancelTok
         imgs = imgs[keep]  # copies the kept rows into memory; fine for the sizes we run here
     test_imgs = None
     if test is not None:
-        test_imgs, tbad = images_mod.build_image_cache(test.files, size, cache_dir, key=test.fingerprint(),
+        test_imgs, tbad = images_mod.build_image_cache(test.files, size, image_cache, key=test.fingerprint(),
                                                        cancel=cancel)
         skipped += [(test.paths[i], r) for i, r in sorted(tbad.items())]
         if tbad:

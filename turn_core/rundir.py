@@ -199,6 +199,38 @@ class RunWriter:
         self._events.close()
 
 
+def new_run_name(method: str, source: str, *, suffix: str | None = None, when: float | None = None) -> str:
+    """The folder name of a new run: ``YYYYmmdd-HHMMSS-<method>-<source stem>[-<suffix>]``.
+
+    ``source`` is the data string of the run ("demo", a folder or a CSV path); characters that do
+    not belong in a folder name become "-". The one naming rule of the app, the CLI and restarts.
+    """
+    import re
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    stem = "demo" if source in ("", "demo") else (Path(str(source).rstrip("/\\")).stem or "data")
+    parts = [stamp, method, stem] + ([suffix] if suffix else [])
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-.") or stamp
+
+
+def delete_run(root: str | Path, name: str, *, busy: Iterable[str | Path] = ()) -> Path:
+    """Remove run ``name`` under ``root`` with its review decisions; return the folder removed.
+
+    Raises ``InputError`` when ``name`` is not a run folder directly under ``root`` (no path
+    tricks: ``..``, links and nested names are refused) or when it is one of the ``busy`` run
+    directories (a run training right now)."""
+    import shutil
+
+    root = Path(root).resolve()
+    target = (root / str(name)).resolve()
+    if not name or target.parent != root or not target.is_dir() or not is_run_dir(target):
+        raise InputError(f"{name!r} is not a run folder under {root}")
+    if any(target == Path(b).resolve() for b in busy if b):
+        raise InputError(f"run {name} is training right now: cancel it first")
+    shutil.rmtree(target)
+    return target
+
+
 # --------------------------------------------------------------------------- reading a run
 @dataclass
 class RunInfo:

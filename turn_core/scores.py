@@ -40,14 +40,20 @@ def rank01(x: np.ndarray) -> np.ndarray:
     return (rankdata(x) - 1) / (x.size - 1)
 
 
+def normalise_rows(features: np.ndarray) -> np.ndarray:
+    """(N, D) float32 rows scaled to unit length (zero rows stay zero): cosine = dot product.
+    The one normalisation of every neighbour search (scoring and the Review page)."""
+    f = np.asarray(features, dtype=np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
 def knn_label_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, k: int = 10,
                     chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Cosine k-NN label vote (SimiFeat-style), excluding each sample itself.
 
     features (N, D); returns (probs (N, K): share of neighbours per class, neighbours (N, k)).
     """
-    f = np.asarray(features, dtype=np.float32)
-    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    f = normalise_rows(features)
     n = len(f)
     k = max(1, min(k, n - 1))
     nbrs = np.zeros((n, k), dtype=np.int64)

@@ -1,0 +1,167 @@
+"""k-NN vote, margin, rank01, suspicion scores and flag rules (turn_core.scores)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from turn_core.errors import InputError
+from turn_core.scores import (FLAG_RULES, SCORES, Signals, build_signals, knn_label_probs, margin,
+                              rank01, score_and_flag, select_views, suggestion_probs)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(one_torch_thread):
+    return None
+
+# ------------------------------------------------------------------------------- k-NN vote
+def _brute_knn(features, labels, k_classes, k):
+    f = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    nbrs = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    probs = np.zeros((len(f), k_classes))
+    for i in range(len(f)):
+        for j in nbrs[i]:
+            probs[i, labels[j]] += 1.0 / k
+    return probs, nbrs
+
+
+@pytest.mark.parametrize("chunk", [2048, 7])
+def test_knn_label_probs_matches_brute_force(chunk):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(53, 6))
+    labels = rng.integers(0, 4, 53)
+    probs, nbrs = knn_label_probs(feats, labels, 4, k=5, chunk=chunk)
+    want_p, want_n = _brute_knn(feats, labels, 4, 5)
+    assert nbrs.shape == (53, 5)
+    assert np.array_equal(nbrs, want_n)
+    assert np.allclose(probs, want_p)
+    assert np.allclose(probs.sum(1), 1.0)
+
+
+def test_knn_label_probs_excludes_self_even_with_duplicates():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(10, 4))
+    feats = np.concatenate([base, base])           # every point has an exact twin
+    labels = np.arange(20) % 3
+    _, nbrs = knn_label_probs(feats, labels, 3, k=1)
+    assert np.all(nbrs[:, 0] != np.arange(20))
+    assert np.array_equal(nbrs[:, 0], (np.arange(20) + 10) % 20)
+
+
+def test_knn_label_probs_k_capped_by_n():
+    feats = np.eye(3)
+    probs, nbrs = knn_label_probs(feats, np.array([0, 1, 1]), 2, k=10)
+    assert nbrs.shape == (3, 2)
+    assert np.allclose(probs, [[0, 1], [0.5, 0.5], [0.5, 0.5]])
+
+
+# --------------------------------------------------------------------------- margin, rank01
+def test_margin_hand_values():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.5, 0.0]])
+    assert np.allclose(margin(p, np.array([0, 0, 1])), [0.5, -0.5, 0.0])
+
+
+def test_rank01_hand_values():
+    assert np.allclose(rank01(np.array([10.0, -1.0, 3.0])), [1.0, 0.0, 0.5])
+    assert np.allclose(rank01(np.array([1.0, 2.0, 2.0, 5.0])), [0.0, 0.5, 0.5, 1.0])  # ties averaged
+    assert rank01(np.array([4.2])).tolist() == [0.0]
+    assert rank01(np.array([])).shape == (0,)
+
+
+# --------------------------------------------------------------------------------- scores
+def _signals(n=40, k=4, seed=0, epochs=3):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    probs = rng.dirichlet(np.ones(k), n)
+    knn = rng.dirichlet(np.ones(k), n)
+    return Signals(labels=labels, probs=probs, clean_prob=rng.random(n),
+                   losses=rng.random((epochs, n)) * 3, knn_probs=knn, tau=0.5)
+
+
+@pytest.mark.parametrize("score,rule", list(itertools.product(sorted(SCORES), sorted(FLAG_RULES))))
+def test_score_and_flag_every_combination(score, rule):
+    s = _signals(seed=hash((score, rule)) % 1000)
+    out = score_and_flag(s, score, rule)
+    n = len(s.labels)
+    for key in ("suspicion", "flagged", "suggested", "confidence"):
+        assert out[key].shape == (n,)
+    assert np.all((out["suspicion"] >= 0) & (out["suspicion"] <= 1))
+    assert np.all((out["confidence"] >= 0) & (out["confidence"] <= 1))
+    assert out["flagged"].dtype == bool
+    assert 0 < out["flagged"].sum() < n          # random signals: some flagged, some not
+    f = out["flagged"]
+    assert np.all(out["suggested"][f] != s.labels[f])
+    assert np.all(out["suggested"][~f] == s.labels[~f])
+    assert np.all((out["suggested"] >= 0) & (out["suggested"] < s.n_classes))
+
+
+def test_paper_score_and_rule_follow_the_clean_posterior():
+    s = _signals()
+    out = score_and_flag(s, "paper", "paper")
+    assert np.allclose(out["suspicion"], 1 - s.clean_prob)
+    assert np.array_equal(out["flagged"], s.clean_prob < s.tau)
+
+
+def test_ensemble_score_ranks_an_obvious_error_highest():
+    s = _signals(n=30, k=3, seed=4)
+    s.losses[:, 0] = 100.0
+    s.probs[0] = [0.98, 0.01, 0.01]
+    s.knn_probs[0] = [1.0, 0.0, 0.0]
+    s.cv_probs = np.random.default_rng(5).dirichlet(np.ones(3), 30)
+    s.cv_probs[0] = [0.97, 0.02, 0.01]
+    s.labels[0] = 2
+    out = score_and_flag(s, "ensemble", "ensemble")
+    # the ensemble's p(given) is the mean of the neighbour vote (0) and the out-of-fold probe (0.01)
+    assert out["suspicion"][0] == pytest.approx(1 - 0.005)
+    assert out["suspicion"][0] == out["suspicion"].max()
+    assert out["flagged"][0] and out["suggested"][0] == 0
+
+
+def test_ensemble_flag_rule_is_top_class_differs_from_given():
+    s = _signals(n=50, k=4, seed=7)
+    s.cv_probs = np.random.default_rng(8).dirichlet(np.ones(4), 50)
+    out = score_and_flag(s, "ensemble", "ensemble")
+    p = (s.cv_probs + s.knn_probs) / 2
+    assert np.array_equal(out["flagged"], p.argmax(axis=1) != s.labels)
+
+
+def test_final_model_joins_the_ensemble_with_equal_weight():
+    s = _signals(n=20, k=3, seed=9)
+    s.cv_probs = np.random.default_rng(10).dirichlet(np.ones(3), 20)
+    s.extra = {"views": [0, 1], "final_model_in_ensemble": True}
+    # cv_probs / knn_probs are already the means over the two views: 2 + 2 members + the final model
+    want = (2 * s.cv_probs + 2 * s.knn_probs + s.probs) / 5
+    assert np.allclose(suggestion_probs(s), want)
+    s.extra = {"views": [0], "final_model_in_ensemble": False}
+    assert np.allclose(suggestion_probs(s), (s.cv_probs + s.knn_probs) / 2)
+
+
+def _view_probs(labels, k, agree, seed):
+    """(N, K) probabilities whose argmax equals ``labels`` on a fraction ``agree`` of samples."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    top = np.where(rng.random(n) < agree, labels, (labels + 1) % k)
+    p = np.full((n, k), 0.1 / (k - 1))
+    p[np.arange(n), top] = 0.9
+    return p
+
+
+def test_select_views_keeps_pretrained_and_drops_a_damaged_fine_tuned_view():
+    labels = np.random.default_rng(0).integers(0, 4, 400)
+    pre, good, bad = (_view_probs(labels, 4, a, i) for i, a in enumerate((0.6, 0.75, 0.3)))
+    assert select_views([pre, good], labels) == [0, 1]   # weaker pretrained view still kept
+    assert select_views([pre, bad], labels) == [0]       # damaged fine-tuned view dropped
+    feats = [np.random.default_rng(1).normal(size=(400, 8)).astype(np.float32)] * 2
+    sig = build_signals(labels, pre, np.ones(400), np.zeros((2, 400)), feats, [pre, bad])
+    assert sig.extra == {"views": [0], "final_model_in_ensemble": False}
+    sig = build_signals(labels, pre, np.ones(400), np.zeros((2, 400)), feats, [pre, good])
+    assert sig.extra == {"views": [0, 1], "final_model_in_ensemble": True}
+
+
+@pytest.mark.parametrize("kw", [{"score": "nope"}, {"flag_rule": "nope"}])
+def test_score_and_flag_unknown_name(kw):
+    with pytest.raises(InputError, match="nope"):
+        score_and_flag(_signals(), **kw)
