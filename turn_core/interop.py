@@ -1,15 +1,16 @@
 """A finished run out to other tools: cleanlab arrays and a FiftyOne classification dataset.
 
 * ``write_cleanlab(run_dir, out_dir)``: ``pred_probs.npy`` (float32 (N, K), rows summing to 1:
-  the ensemble's class probabilities, ``turn_core.scores.suggestion_probs``, rebuilt from the
-  run directory), ``labels.npy`` (int64 (N,) given labels in the order of ``classes.json``),
+  the ensemble's class probabilities, ``turn_core.scores.suggestion_probs``, from
+  ``RUN_DIR/ensemble_probs.npy`` or rebuilt from the run directory: see ``ensemble_probs``), ``labels.npy`` (int64 (N,) given labels in the order of ``classes.json``),
   ``label_issues.npy`` (bool (N,): the run's ``flagged`` column), ``label_quality_scores.npy``
   (float64 (N,): 1 − suspicion as written in samples.csv) and ``classes.json``.
   With the default score ("ensemble") the suspicion is 1 − ``pred_probs[i, labels[i]]``, so
   cleanlab's ``get_label_quality_scores`` (self-confidence) gives the same ranking. With
   ``score="paper"`` the suspicion comes from the GMM clean posterior, not from class
   probabilities: ``pred_probs`` is still the ensemble (what the suggestions come from) and
-  the quality scores are the paper's clean posterior; ``turn_audit.json`` says which.
+  the quality scores are the paper's clean posterior. ``turn_audit.json`` says which score,
+  where ``pred_probs`` came from and on how many rows it does not reproduce the suspicion.
 * ``write_fiftyone(run_dir, out_dir)``: FiftyOne's ``FiftyOneImageClassificationDataset``
   layout — ``data/<id>.<ext>`` media (a link to the original file when it is reachable, else
   the run's thumbnail as PNG), ``labels.json`` with the given labels, ``suggestions.json`` in
@@ -63,17 +64,31 @@ def given_label_indices(run: Run) -> np.ndarray:
     return np.array([index[n] for n in names], dtype=np.int64)
 
 
-def ensemble_probs(run: Run) -> np.ndarray:
+ENSEMBLE_FILE = "ensemble_probs.npy"
+
+
+def ensemble_probs(run: Run) -> tuple[np.ndarray, str]:
     """(N, K) float32 class probabilities the ensemble suspicion is computed from, rows summing
-    to 1, rebuilt from the run directory (``scores.signals_from_run`` + ``suggestion_probs``)."""
+    to 1, and where they came from.
+
+    ``RUN_DIR/ensemble_probs.npy`` when the run wrote it (exact); else rebuilt from the run
+    directory (``scores.signals_from_run`` + ``suggestion_probs``). The rebuild runs the k-NN
+    vote on the float16 features the run saved, not the float32 ones it scored with, so a row
+    whose k-th neighbour was a near tie can come out a vote different (measured: 0.02 on a
+    few rows of 200).
+    """
     from .scores import signals_from_run, suggestion_probs
 
-    missing = [n for n in ("probs.npy", "cv_probs.npy", "features_pre.npy") if not (run.dir / n).exists()]
-    if missing:
-        raise InputError(f"run {run.dir} lacks {', '.join(missing)}: the class probabilities cannot be rebuilt")
-    p = np.asarray(suggestion_probs(signals_from_run(run)), dtype=np.float64)
-    p = np.clip(p, 0.0, None)
-    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    if (run.dir / ENSEMBLE_FILE).exists():
+        p, source = np.load(run.dir / ENSEMBLE_FILE, allow_pickle=False), ENSEMBLE_FILE
+    else:
+        missing = [n for n in ("probs.npy", "cv_probs.npy", "features_pre.npy") if not (run.dir / n).exists()]
+        if missing:
+            raise InputError(f"run {run.dir} lacks {', '.join(missing)}: the class probabilities "
+                             "cannot be rebuilt")
+        p, source = suggestion_probs(signals_from_run(run)), "rebuilt from the run directory"
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32), source
 
 
 # --------------------------------------------------------------------------- cleanlab
@@ -86,16 +101,20 @@ def write_cleanlab(run_dir: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     s = run.samples()
     labels = given_label_indices(run)
-    probs = ensemble_probs(run)
+    probs, source = ensemble_probs(run)
+    suspicion = s["suspicion"].to_numpy(dtype=np.float64)
+    # Rows where the probabilities do not reproduce the written suspicion (6 decimals).
+    off = np.abs(1.0 - probs[np.arange(len(labels)), labels] - suspicion) > 1.5e-6
     atomic_save_npy(out / "pred_probs.npy", probs)
     atomic_save_npy(out / "labels.npy", labels)
     atomic_save_npy(out / "label_issues.npy", s["flagged"].to_numpy().astype(bool))
-    atomic_save_npy(out / "label_quality_scores.npy", 1.0 - s["suspicion"].to_numpy(dtype=np.float64))
+    atomic_save_npy(out / "label_quality_scores.npy", 1.0 - suspicion)
     atomic_write_json(out / "classes.json", list(run.classes))
     score = run.settings.get("score", "ensemble")
     atomic_write_json(out / "turn_audit.json", {
         "run": str(run.dir.resolve()), "score": score, "flag_rule": run.settings.get("flag_rule", "ensemble"),
-        "pred_probs": "ensemble class probabilities (turn_core.scores.suggestion_probs)",
+        "pred_probs": f"ensemble class probabilities (turn_core.scores.suggestion_probs), {source}",
+        "rows_not_matching_suspicion": int(off.sum()) if score == "ensemble" else None,
         "label_quality_scores": ("1 - suspicion = pred_probs[i, labels[i]]" if score == "ensemble"
                                  else f"1 - suspicion of score {score!r} (not from pred_probs)")})
     return out
@@ -203,5 +222,5 @@ EXPORT_FORMATS: dict[str, Callable[[str | Path, str | Path], Path]] = {
 }
 
 
-__all__ = ["EXPORT_FORMATS", "UNREVIEWED", "ensemble_probs", "given_label_indices",
+__all__ = ["ENSEMBLE_FILE", "EXPORT_FORMATS", "UNREVIEWED", "ensemble_probs", "given_label_indices",
            "write_cleanlab", "write_fiftyone"]
