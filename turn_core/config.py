@@ -101,7 +101,7 @@ class RunConfig:
     device: str = _setting("auto", "Where to compute: auto (a GPU when there is one), cpu, cuda or cuda:N.",
                            "model", registry="device")
     batch_size: int = _setting(128, "Images per batch in the feature, loss and fine-tuning passes.",
-                               "model", min=1, max=4096)
+                               "model", min=1)
     num_threads: int | None = _setting(None, "CPU threads torch may use; unset: torch's default.", "model",
                                        min=1, label="CPU threads")
 
@@ -110,7 +110,7 @@ class RunConfig:
                            "GMM-selected clean set. Baselines: ce-lp, gce-lp (LP only), ce-fft (FFT on "
                            "all labels).", "turn", advanced=False, choices=METHODS, label="Method")
     lp_epochs: int = _setting(20, "Epochs of linear probing (E_LP).", "turn", advanced=False,  # paper: E_LP = 20
-                              min=0, max=10000, label="LP epochs (E_LP)")
+                              min=0, label="LP epochs (E_LP)")
     # paper: q of GCE (0.7, Zhang & Sabuncu's default, as in TURN)
     gce_q: float = _setting(0.7, "q of the generalised cross-entropy loss: 1 is MAE-like (robust), "
                             "towards 0 cross-entropy.", "turn", min=0.01, max=1.0, step=0.05,
@@ -130,7 +130,7 @@ class RunConfig:
     lp_weight_decay: float = _setting(0.0, "Weight decay of linear probing.", "turn", min=0.0, step=1e-4,
                                       label="LP weight decay")
     fft_epochs: int = _setting(5, "Epochs of full fine-tuning (E_FFT).", "turn", advanced=False,  # paper: E_FFT = 5
-                               min=0, max=10000, methods=FFT_METHODS, label="FFT epochs (E_FFT)")
+                               min=0, methods=FFT_METHODS, label="FFT epochs (E_FFT)")
     # Paper silent on FFT optimiser. SGD + momentum with gradient-norm clipping; see bn_mode for
     # why the torchvision MobileNetV2 weights need care (Observation 1: FFT must not wreck θ).
     fft_lr: float = _setting(3e-3, "SGD learning rate of full fine-tuning.", "turn", min=0.0, step=1e-4,
@@ -195,12 +195,12 @@ class RunConfig:
     flag_rule: str = _setting("ensemble", "Which labels get flagged: paper (clean posterior < τ), ensemble "
                               "(the ensemble's top class is not the given label) or confident-learning "
                               "(fewer, surer flags).", "scores", registry="flag_rule", label="Flag rule")
-    knn_k: int = _setting(10, "Neighbours in the feature-space label vote.", "scores", min=1, max=1000,
+    knn_k: int = _setting(10, "Neighbours in the feature-space label vote.", "scores", min=1,
                           label="k of the neighbour vote")
 
     # ---- outputs -----------------------------------------------------------------------------
     thumb_size: int = _setting(64, "Side in pixels of the thumbnails the app shows.", "outputs", min=8,
-                               max=512, label="Thumbnail size")
+                               label="Thumbnail size")
     save_features: bool = _setting(True, "Keep the feature arrays in the run directory (for the Clusters "
                                    "page and neighbours).", "outputs", label="Save features")
 
