@@ -1,42 +1,107 @@
-"""Data & run: choose the images, preview them, set the model and TURN, start a run."""
+"""Data & run: choose the images, preview them, set the model and TURN, start a run.
+
+The page only renders. The settings widgets are generated from ``RunConfig``'s metadata
+(``turn_core.config.SETTINGS``: label, help, choices, bounds; basic ones shown, advanced ones in
+the expander); the source becomes the run's data string in ``turn_core.sources``; the run's
+folder is named by ``turn_core.settings.name_new_run``; the devices are described by
+``turn_core.devices``; and ``settings.check_names`` checks everything before Start.
+"""
 from __future__ import annotations
 
 import dataclasses
-import re
-import time
-import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from pages import _shared as sh
 from turn_core import views
-from turn_core.config import METHODS, RunConfig, setting_help
+from turn_core.config import GROUPS, SETTINGS, RunConfig, Setting
+from turn_core.devices import describe_devices, resolve_device
 from turn_core.errors import InputError
-from turn_core.scores import FLAG_RULES, SCORES
+from turn_core.jobs import BusyError
+from turn_core.pipeline import estimate_seconds
+from turn_core.rundir import new_run_name
+from turn_core.safety import allowed_roots, resolve_under_roots
+from turn_core.settings import check_names, name_new_run, registry_choices
+from turn_core.sources import SOURCES, resolve_source
 
 st.title("Data & run")
 
-HELP = setting_help()
 base = RunConfig()
-overrides = sh.defaults()
 try:
-    base = RunConfig.from_dict({**base.to_dict(), **overrides})
-except (TypeError, ValueError):
-    st.warning("TURN_AUDIT_DEFAULTS is not a valid set of settings; using the paper's defaults.")
+    base = RunConfig.from_dict({**base.to_dict(), **sh.defaults()}).validate()
+except (TypeError, InputError) as e:
+    st.warning(f"TURN_AUDIT_DEFAULTS is not a valid set of settings ({e}); using the paper's defaults.")
+    base = RunConfig()
+
+# Settings this page asks for in its own way: the source and the model (sections 1 and 2), the
+# run folder (the run name). test_data is a server path and would need the allowed-roots check
+# of a typed path, so it stays a CLI setting for now.
+OWN = ("data", "test_data", "out", "model", "weights", "checkpoint")
+DEMO = ("demo_noise", "demo_noise_rate", "demo_n")
+REGISTRIES = registry_choices()
+values: dict[str, Any] = {}        # setting name → the value its widget holds on this rerun
+problems: list[str] = []           # why Start is disabled
 
 
-def h(name: str) -> str | None:
-    return HELP.get(name)
+# ------------------------------------------------------------------ widgets from metadata
+def _choice_text(v: Any) -> str:
+    return "none" if v is None else str(v)
+
+
+def _number(s: Setting, where, value: Any, kw: dict) -> Any:
+    cast = int if s.kind == "int" else float
+    bounds = {k: cast(b) for k, b in (("min_value", s.min), ("max_value", s.max)) if b is not None}
+    step = cast(s.step) if s.step is not None else (1 if s.kind == "int" else None)
+    return where.number_input(value=None if value is None else cast(value), step=step,
+                              format=None if s.kind == "int" else "%g",
+                              placeholder="model / data default" if s.optional else None, **bounds, **kw)
+
+
+def setting_widget(s: Setting, where, value: Any) -> Any:
+    """The widget of setting ``s`` in container ``where``, starting at ``value``: a select box
+    for fixed or registry choices, a checkbox for a bool, a number box for a number, else a text
+    box (read by ``Setting.parse``). Returns the value it holds."""
+    method = values.get("method", base.method)
+    kw = {"label": s.label, "help": s.help, "key": f"set_{s.name}",
+          "disabled": s.methods is not None and method not in s.methods}
+    options = s.choices if s.choices is not None else REGISTRIES.get(s.registry)
+    if options is not None:
+        options = ([None] if s.optional else []) + list(options)
+        if value not in options:   # e.g. device "cuda:1" from the defaults
+            options.append(value)
+        return where.selectbox(options=options, index=options.index(value), format_func=_choice_text, **kw)
+    if s.kind == "bool":
+        return where.checkbox(value=bool(value), **kw)
+    if s.kind in ("int", "float"):
+        return _number(s, where, value, kw)
+    shown = "" if value is None else ",".join(map(str, value)) if s.kind == "triple" else str(value)
+    text = where.text_input(value=shown, placeholder="unset" if s.optional else None, **kw)
+    try:
+        return s.parse(text)
+    except InputError as e:
+        problems.append(str(e))
+        where.error(str(e))
+        return value
+
+
+def settings_grid(names: list[str], columns: int = 4) -> None:
+    """Widgets for ``names`` in rows of ``columns``; their values go to ``values``."""
+    for row in range(0, len(names), columns):
+        cols = st.columns(columns)
+        for col, name in zip(cols, names[row:row + columns]):
+            values[name] = setting_widget(SETTINGS[name], col, getattr(base, name))
 
 
 # ------------------------------------------------------------------ cached helpers
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=3)
-def load_preview(kind: str, source: str, noise: str, rate: float, n: int, seed: int):
+def load_preview(source: str, noise: str, rate: float, n: int, seed: int):
     from turn_core import data
     from turn_core.demo import load_demo
 
-    if kind == "demo":
+    if source == "demo":
         return load_demo(n=n, noise=noise, rate=rate, seed=seed)
     return data.load_dataset(source)
 
@@ -44,13 +109,11 @@ def load_preview(kind: str, source: str, noise: str, rate: float, n: int, seed: 
 @st.cache_data(show_spinner=False, max_entries=500)
 def preview_png(path: str) -> bytes | None:
     try:
-        from turn_core.images import load_rgb
-
-        img = load_rgb(path)
-        import numpy as np
         from PIL import Image
 
-        im = Image.fromarray(np.asarray(img))
+        from turn_core.images import load_rgb
+
+        im = Image.fromarray(np.asarray(load_rgb(path)))
         im.thumbnail((96, 96))
         return views.png_bytes(np.asarray(im), 64)
     except Exception:  # noqa: BLE001 - a broken file shows as missing, it is listed as skipped anyway
@@ -58,173 +121,97 @@ def preview_png(path: str) -> bytes | None:
 
 
 @st.cache_resource(show_spinner="Checking the device…")
-def device_info() -> tuple[str, str]:
-    """(device kind for the estimate, human description)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "cuda", f"GPU: {torch.cuda.get_device_name(0)}"
-        import os
-
-        return "cpu", f"CPU ({os.cpu_count()} cores) — no CUDA GPU found"
-    except Exception as e:  # noqa: BLE001
-        return "cpu", f"CPU (torch unavailable: {e})"
+def device_report():
+    return describe_devices()
 
 
-def _safe_rel(name: str) -> PurePosixPath | None:
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
-        return None
-    return p
-
-
-def save_uploaded_folder(files) -> Path:
-    dest = sh.runs_root() / "_uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    dest.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for f in files:
-        rel = _safe_rel(f.name)
-        if rel is None:
-            continue
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(f.getbuffer())
-        written += 1
-    if not written:
-        raise InputError("the uploaded folder contained no usable files")
-    subs = [p for p in dest.iterdir()]
-    return subs[0] if len(subs) == 1 and subs[0].is_dir() else dest
+def uploaded_source(kind: str, given: Any, signature: tuple) -> str:
+    """The data string of an upload, saved once per distinct upload (reruns reuse it)."""
+    saved = st.session_state.setdefault("_uploads", {})
+    if saved.get(kind, (None, ""))[0] != signature:
+        try:
+            with st.spinner("Saving the upload…"):
+                saved[kind] = (signature, resolve_source(kind, given, sh.runs_root()))
+        except InputError as e:
+            st.error(str(e))
+            return ""
+    return saved[kind][1]
 
 
 # ------------------------------------------------------------------ 1. source
 st.subheader("1 · Images and labels")
-KINDS = {"demo": "Built-in demo (labels flipped on purpose, truth known)",
-         "server": "A folder or CSV on this server",
-         "folder": "Upload a folder", "zip": "Upload a ZIP"}
-kind = st.radio("Source", list(KINDS), format_func=KINDS.get, key="src_kind", horizontal=True,
-                index=0 if base.data == "demo" else 1)
-source = "demo"
-noise_kind, noise_rate, demo_n = base.demo_noise, base.demo_noise_rate, base.demo_n
+kind = st.radio("Source", list(SOURCES), format_func=lambda k: SOURCES[k].label, key="src_kind",
+                horizontal=True, index=0 if base.data == "demo" else 1)
+source = ""
 if kind == "demo":
-    c1, c2, c3 = st.columns(3)
-    noise_kind = c1.selectbox("Noise kind", ["symmetric", "asymmetric", "instance"],
-                              index=["symmetric", "asymmetric", "instance"].index(base.demo_noise)
-                              if base.demo_noise in ("symmetric", "asymmetric", "instance") else 0,
-                              help="symmetric: a wrong label drawn uniformly; asymmetric: a fixed "
-                                   "class → class confusion; instance: harder images are mislabeled more.")
-    noise_rate = c2.slider("Noise rate", 0.0, 0.6, float(base.demo_noise_rate), 0.05,
-                           help=h("demo_noise_rate"))
-    demo_n = int(c3.number_input("Training images", 20, 4500, min(int(base.demo_n), 4500), 100, help=h("demo_n")))
+    source = "demo"
+    settings_grid(list(DEMO), columns=3)
 elif kind == "server":
-    from turn_core.safety import allowed_roots
-
     roots = ", ".join(f"`{r}`" for r in allowed_roots())
     raw = st.text_input("Folder (one sub-folder per class) or CSV manifest (path,label[,split])",
                         key="server_path", help=f"Must lie under {roots} (TURN_AUDIT_DATA_ROOTS).")
     st.caption(f"Allowed folders: {roots}")
-    source = ""
-    if raw.strip():
-        from turn_core.safety import resolve_under_roots
-
-        try:
-            source = str(resolve_under_roots(raw.strip()))
-        except InputError as e:
-            st.error(str(e))
+    try:
+        source = resolve_source("server", raw, sh.runs_root())
+    except InputError as e:
+        st.error(str(e))
 elif kind == "folder":
     ups = st.file_uploader("Folder of images, one sub-folder per class", accept_multiple_files="directory",
                            key="up_folder")
-    source = ""
     if ups:
-        sig = tuple(sorted((u.name, u.size) for u in ups))
-        if st.session_state.get("_up_folder_sig") != sig:
-            try:
-                st.session_state["_up_folder_path"] = str(save_uploaded_folder(ups))
-                st.session_state["_up_folder_sig"] = sig
-            except InputError as e:
-                st.error(str(e))
-        source = st.session_state.get("_up_folder_path", "")
+        source = uploaded_source("folder", ups, tuple(sorted((u.name, u.size) for u in ups)))
 else:
     up = st.file_uploader("ZIP of a folder (one sub-folder per class) or of a CSV manifest with its images",
                           type=["zip"], key="up_zip")
-    source = ""
     if up is not None:
-        sig = (up.name, up.size)
-        if st.session_state.get("_up_zip_sig") != sig:
-            from turn_core.safety import extract_zip_safely
-
-            dest = sh.runs_root() / "_uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-            try:
-                with st.spinner("Extracting…"):
-                    st.session_state["_up_zip_path"] = str(extract_zip_safely(up, dest))
-                st.session_state["_up_zip_sig"] = sig
-            except InputError as e:
-                st.error(str(e))
-        source = st.session_state.get("_up_zip_path", "")
+        source = uploaded_source("zip", up, (up.name, up.size))
         if source:
-            p = Path(source)
-            csvs = sorted(p.glob("*.csv"))
-            if csvs and not any(c.is_dir() for c in p.iterdir() if c.name != "__MACOSX"):
-                source = str(csvs[0])
             st.caption(f"Extracted to `{source}`")
+demo_values = {name: values.get(name, getattr(base, name)) for name in DEMO}
 
 # ------------------------------------------------------------------ preview
 ds = None
 if source:
     try:
-        ds = load_preview(kind if kind == "demo" else "path", source, noise_kind, float(noise_rate),
-                          int(demo_n), int(base.seed))
+        ds = load_preview(source, demo_values["demo_noise"], float(demo_values["demo_noise_rate"]),
+                          int(demo_values["demo_n"]), int(base.seed))
     except InputError as e:
         st.error(str(e))
-    except ImportError:
-        st.warning("Dataset loading is not available in this build (turn_core.data missing).")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - an unreadable dataset is a message, not a broken page
         st.error(f"Could not read the dataset: {type(e).__name__}: {e}")
 
 n_images = None
 if ds is not None:
     with st.expander("Preview", expanded=True):
-        try:
-            labels = ds.labels
-            classes = list(ds.classes)
-            n_images = int(len(labels))
-            counts = views.class_count_table(labels, classes)
-            c1, c2, c3 = st.columns(3)
-            c1.metric("Images", f"{n_images:,}")
-            c2.metric("Classes", len(classes))
-            skipped = list(getattr(ds, "skipped", []) or [])
-            c3.metric("Skipped files", len(skipped))
-            import plotly.express as px
+        classes = list(ds.classes)
+        n_images = len(ds)
+        counts = views.class_count_table(ds.labels, classes)
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Images", f"{n_images:,}")
+        c2.metric("Classes", len(classes))
+        c3.metric("Skipped files", len(ds.skipped))
+        import plotly.express as px
 
-            fig = px.bar(counts, x="class", y="images", height=260)
-            fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
-            st.plotly_chart(fig, width="stretch", key="class_bar")
-            if getattr(ds, "clean_labels", None) is not None:
-                import numpy as np
-
-                st.caption(f"True labels are known: {float(np.mean(np.asarray(ds.clean_labels) != np.asarray(labels))):.1%} "
-                           "of the given labels are wrong; the run will report detection precision/recall.")
-            grid = views.sample_per_class(labels, len(classes), per_class=6, seed=0)
-            files = list(getattr(ds, "files", None) or getattr(ds, "paths", []))
-            for c, idx in grid.items():
-                if not idx:
-                    continue
-                cols = st.columns([2] + [1] * 6)
-                cols[0].markdown(f"**{classes[c]}**  \n{int(counts['images'][c])} images")
-                for j, i in enumerate(idx[:6]):
-                    png = preview_png(str(files[i])) if i < len(files) else None
-                    if png:
-                        cols[j + 1].image(png, width="stretch")
-            if skipped:
-                st.markdown("**Skipped files**")
-                import pandas as pd
-
-                rows = [s if isinstance(s, dict) else {"path": str(s[0]), "reason": str(s[1])}
-                        if isinstance(s, (tuple, list)) and len(s) >= 2 else {"path": str(s), "reason": ""}
-                        for s in skipped]
-                st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-        except Exception as e:  # noqa: BLE001
-            st.warning(f"Preview incomplete: {type(e).__name__}: {e}")
+        fig = px.bar(counts, x="class", y="images", height=260)
+        fig.update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
+        st.plotly_chart(fig, width="stretch", key="class_bar")
+        if ds.clean_labels is not None:
+            wrong = float(np.mean(np.asarray(ds.clean_labels) != np.asarray(ds.labels)))
+            st.caption(f"True labels are known: {wrong:.1%} of the given labels are wrong; the run will "
+                       "report detection precision/recall.")
+        grid = views.sample_per_class(ds.labels, len(classes), per_class=6, seed=0)
+        for c, idx in grid.items():
+            if not idx:
+                continue
+            cols = st.columns([2] + [1] * 6)
+            cols[0].markdown(f"**{classes[c]}**  \n{int(counts['images'][c])} images")
+            for j, i in enumerate(idx[:6]):
+                png = preview_png(str(ds.files[i]))
+                if png:
+                    cols[j + 1].image(png, width="stretch")
+        if ds.skipped:
+            st.markdown("**Skipped files**")
+            st.dataframe([{"path": p, "reason": r} for p, r in ds.skipped], hide_index=True, width="stretch")
 
 # ------------------------------------------------------------------ 2. model
 st.subheader("2 · Model")
@@ -241,85 +228,53 @@ if mkind == "hub":
     weights = "hub"
 elif mkind == "checkpoint":
     model_name = st.text_input("timm architecture of the checkpoint", value=base.model)
-    raw_ckpt = st.text_input("Checkpoint path on this server", key="ckpt_path")
+    raw_ckpt = st.text_input("Checkpoint path on this server", key="ckpt_path", help=SETTINGS["checkpoint"].help)
     weights = "none"
     if raw_ckpt.strip():
-        from turn_core.safety import resolve_under_roots
-
         try:
             checkpoint = str(resolve_under_roots(raw_ckpt.strip()))
         except InputError as e:
             st.error(str(e))
+    if not checkpoint:
+        problems.append("Give the checkpoint's path.")
 
-# ------------------------------------------------------------------ 3. TURN
+# ------------------------------------------------------------------ 3. settings
 st.subheader("3 · Method and settings")
-METHOD_HELP = {"turn": "TURN: linear probing with GCE, then full fine-tuning on a GMM-selected clean set",
-               "ce-lp": "Baseline: linear probing with cross-entropy",
-               "gce-lp": "Baseline: linear probing with GCE",
-               "ce-fft": "Baseline: full fine-tuning on all labels with cross-entropy"}
-c1, c2, c3, c4 = st.columns(4)
-method = c1.selectbox("Method", METHODS, index=METHODS.index(base.method) if base.method in METHODS else 0,
-                      format_func=lambda m: m.upper(), help="\n\n".join(METHOD_HELP.values()))
-lp_epochs = c2.number_input("LP epochs (E_LP)", 0, 500, int(base.lp_epochs), help=h("lp_epochs"))
-fft_epochs = c3.number_input("FFT epochs (E_FFT)", 0, 200, int(base.fft_epochs), help=h("fft_epochs"),
-                             disabled=method in ("ce-lp", "gce-lp"))
-tau = c4.number_input("τ (clean threshold)", 0.0, 1.0, float(base.tau), 0.05, help=h("tau"))
+generated = [s for s in SETTINGS.values() if s.name not in OWN + DEMO]
+settings_grid([s.name for s in generated if not s.advanced])
 with st.expander("Advanced settings"):
-    a1, a2, a3, a4 = st.columns(4)
-    gce_q = a1.number_input("GCE q", 0.05, 1.0, float(base.gce_q), 0.05, help=h("gce_q"))
-    lp_lr = a2.number_input("LP learning rate", 1e-5, 1.0, float(base.lp_lr), format="%.5f", help=h("lp_lr"))
-    fft_lr = a3.number_input("FFT learning rate", 1e-6, 1.0, float(base.fft_lr), format="%.6f", help=h("fft_lr"))
-    batch_size = a4.number_input("Batch size", 1, 4096, int(base.batch_size), help=h("batch_size"))
-    b1, b2, b3, b4 = st.columns(4)
-    image_size = b1.number_input("Image size (0 = model default)", 0, 1024, int(base.image_size or 0),
-                                 help=h("image_size"))
-    seed = b2.number_input("Seed", 0, 2**31 - 1, int(base.seed), help=h("seed"))
-    min_per_class = b3.number_input("Min clean per class", 0, 100000, int(base.min_per_class),
-                                    help=h("min_per_class"))
-    knn_k = b4.number_input("k of the neighbour vote", 1, 200, int(base.knn_k), help=h("knn_k"))
-    d1, d2, d3, d4 = st.columns(4)
-    scores, rules = list(SCORES), list(FLAG_RULES)
-    score = d1.selectbox("Suspicion score", scores, index=scores.index(base.score), help=h("score"))
-    flag_rule = d2.selectbox("Flag rule", rules, index=rules.index(base.flag_rule), help=h("flag_rule"))
-    gmm_per_class = d3.checkbox("One GMM per class", value=bool(base.gmm_per_class), help=h("gmm_per_class"))
-    fft_augment = d4.checkbox("Augment during FFT", value=bool(base.fft_augment), help=h("fft_augment"))
-    device = st.selectbox("Device", ["auto", "cpu", "cuda"],
-                          index=["auto", "cpu", "cuda"].index(base.device) if base.device in ("auto", "cpu", "cuda") else 0)
-
-dev_kind, dev_text = device_info()
-if device == "cpu":
-    dev_kind = "cpu"
+    for group, title in GROUPS.items():
+        names = [s.name for s in generated if s.advanced and s.group == group]
+        if names:
+            st.markdown(f"**{title}**")
+            settings_grid(names)
 
 # ------------------------------------------------------------------ 4. start
 st.subheader("4 · Start")
-default_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{'demo' if kind == 'demo' else Path(source or 'data').stem}"
-run_name = st.text_input("Run name", value=st.session_state.get("_run_name_default") or default_name,
-                         key="run_name", help="A folder of this name is created under the runs folder.")
-cfg_fields = dict(
-    data=source or "", out=str(sh.runs_root() / re.sub(r"[^A-Za-z0-9._-]+", "-", run_name.strip() or default_name)),
-    demo_noise=noise_kind, demo_noise_rate=float(noise_rate), demo_n=int(demo_n),
-    model=model_name.strip(), weights=weights, checkpoint=checkpoint,
-    image_size=int(image_size) or None, device=device, batch_size=int(batch_size),
-    method=method, lp_epochs=int(lp_epochs), gce_q=float(gce_q), lp_lr=float(lp_lr),
-    fft_epochs=int(fft_epochs), fft_lr=float(fft_lr), tau=float(tau), gmm_per_class=bool(gmm_per_class),
-    min_per_class=int(min_per_class), score=score, flag_rule=flag_rule, knn_k=int(knn_k),
-    seed=int(seed), fft_augment=bool(fft_augment),
-)
-config = dataclasses.replace(base, **cfg_fields)
+method = values["method"]
+run_name = st.text_input("Run name", value=new_run_name(method, source), key="run_name",
+                         help="A folder of this name is created under the runs folder.")
+out = sh.runs_root() / "latest"
+try:
+    out = name_new_run(sh.runs_root(), run_name, method, source)
+except InputError as e:
+    problems.append(str(e))
+config = dataclasses.replace(base, **values, data=source, out=str(out), model=model_name.strip(),
+                             weights=weights, checkpoint=checkpoint)
+
+report = device_report()
+dev_kind = None
+try:
+    check_names(config)
+    dev_kind = resolve_device(config.device, report)
+except InputError as e:
+    problems.append(str(e))
+if not source:
+    problems.insert(0, "Choose the images first.")
 
 c1, c2 = st.columns(2)
-c1.markdown(f"**Device:** {dev_text}")
-est = None
-if n_images:
-    try:
-        from turn_core.pipeline import estimate_seconds
-
-        try:
-            est = estimate_seconds(config, n_images, device=dev_kind)
-        except TypeError:
-            est = estimate_seconds(config, n_images)
-    except Exception:  # noqa: BLE001 - no estimate rather than no page
-        est = None
+c1.markdown(f"**Device:** {report.text}")
+est = estimate_seconds(config, n_images, device=dev_kind) if n_images and dev_kind else None
 c2.markdown(f"**Estimated time:** {views.fmt_seconds(est) if est else '–'}"
             + (" (rough; first run also decodes and caches the images)" if est else ""))
 
@@ -328,31 +283,19 @@ busy = bool(job and job.get("state") == "running")
 if busy:
     st.warning(f"A run is already training on this server ({Path(str(job.get('run_dir'))).name}). "
                "One run at a time: wait for it or cancel it on **Training**.")
-problem = None
-if not source:
-    problem = "Choose the images first."
-elif mkind == "checkpoint" and not checkpoint:
-    problem = "Give the checkpoint's path."
-elif (sh.runs_root() / Path(config.out).name).exists():
-    problem = f"A run named {Path(config.out).name} exists already: choose another name."
-if problem and not busy:
-    st.caption(problem)
-if st.button("Start run", type="primary", disabled=busy or bool(problem), key="start_run"):
+elif problems:
+    st.caption(problems[0])
+if st.button("Start run", type="primary", disabled=busy or bool(problems), key="start_run"):
     reg = sh.registry()
     try:
-        config.validate()
         if reg is None:
-            raise InputError("the background job registry is not available in this build (turn_core.jobs missing)")
-        reg.start(config)
+            raise InputError("the background job registry could not be created: see the server log")
+        reg.start(check_names(config))
+    except BusyError as e:
+        st.warning(f"Busy: {e}")
     except InputError as e:
         st.error(str(e))
-    except Exception as e:  # noqa: BLE001 - BusyError and friends: one line for the user
-        if type(e).__name__ == "BusyError":
-            st.warning(f"Busy: {e}")
-        else:
-            st.error(f"Could not start: {type(e).__name__}: {e}")
     else:
-        st.session_state.pop("_run_name_default", None)
         st.session_state.pop("run_name", None)
-        sh.select_run(Path(config.out).name)
+        sh.select_run(out.name)
         st.switch_page("pages/training.py")

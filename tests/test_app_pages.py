@@ -119,26 +119,6 @@ def test_failed_run_shows_cause_and_log_hint(clean_env):
     assert "boom: synthetic failure" in err and "run.log" in err
 
 
-def test_data_page_defaults_from_env(clean_env, monkeypatch):
-    monkeypatch.setenv("TURN_AUDIT_DEFAULTS", json.dumps({"lp_epochs": 3, "fft_epochs": 1, "demo_n": 300}))
-    at = app().run()
-    at.switch_page("pages/data_run.py").run()
-    no_exception(at)
-    nums = {n.label: n.value for n in at.number_input}
-    assert nums["LP epochs (E_LP)"] == 3 and nums["FFT epochs (E_FFT)"] == 1
-    assert nums["Training images"] == 300
-
-
-def test_data_page_server_path_outside_roots_refused(clean_env):
-    at = app().run()
-    at.switch_page("pages/data_run.py").run()
-    at.radio(key="src_kind").set_value("server").run()
-    at.text_input(key="server_path").input("/etc").run()
-    no_exception(at)
-    assert any("outside" in e.value for e in at.error)
-    assert at.button(key="start_run").disabled
-
-
 def test_review_decision_persists_across_sessions_and_undo(clean_env):
     d = make_fake_run(clean_env / "fin", n=40)
     at = app("fin").run()

@@ -28,7 +28,7 @@ def env(tmp_path_factory):
 
 
 def cli(env, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "turn_core", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "turn_core", *map(str, args)], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -162,3 +162,54 @@ def test_bad_normalisation_is_one_error_line(monkeypatch, capsys, tmp_path, flag
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "error" in err[-1]
     assert flag.lstrip("-") in " ".join(err)
+
+
+# --------------------------------------------------------------------------- names checked first
+@pytest.mark.parametrize("flag,value,names", [
+    ("--flag-rule", "nope", ("paper", "ensemble", "confident-learning")),
+    ("--score", "nope", ("paper", "ensemble")),
+    ("--weights", "nope", ("offline", "hub", "none")),
+    ("--device", "gpu", ("auto", "cpu", "cuda")),
+    ("--device", "cuda:99", ("99",)),
+    ("--method", "nope", ("turn", "ce-lp", "gce-lp", "ce-fft")),
+    ("--bn-mode", "nope", ("fold", "frozen", "recalibrate")),
+    ("--inject-noise", "nope", ("symmetric", "asymmetric", "instance")),
+])
+def test_wrong_name_fails_before_any_data_is_loaded(monkeypatch, capsys, tmp_path, flag, value, names):
+    from turn_core import cli, pipeline
+
+    def no_data(*a, **k):
+        raise AssertionError(f"{flag} {value} was accepted and the data was loaded")
+
+    monkeypatch.setattr(pipeline, "load_inputs", no_data)
+    out = tmp_path / "r"
+    rc = cli.main(["run", "--data", "demo", flag, value, "--out", str(out), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert flag in err[0] or flag.lstrip("-").replace("-", "_") in err[0]
+    for name in names:
+        assert name in err[0], (name, err[0])
+    assert not (out / "events.jsonl").exists() and not out.exists()
+
+
+def test_help_is_grouped_and_read_from_the_metadata(capsys):
+    from turn_core import cli
+    from turn_core.config import GROUPS, SETTINGS
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+    for title in GROUPS.values():
+        assert f"{title} settings:" in text
+    for s in SETTINGS.values():
+        assert " ".join(s.help.split()[:4]) in text, s.name
+    assert "{auto,cpu,cuda,cuda:N}" in text and "{paper,ensemble,confident-learning}" in text
+
+
+def test_optional_flags_read_none():
+    ns = build_parser().parse_args(["run", "--data", "d", "--image-size", "none", "--inject-noise", "none",
+                                    "--calibrate-head", "off"])
+    cfg = config_from_args(ns)
+    assert cfg.image_size is None and cfg.inject_noise is None and cfg.calibrate_head is False

@@ -9,8 +9,14 @@ import zipfile
 import pytest
 
 from turn_core.errors import InputError
-from turn_core.safety import (ROOTS_ENV, allowed_roots, extract_zip_safely, resolve_under_roots,
-                              spreadsheet_safe)
+from turn_core.safety import (
+    ROOTS_ENV,
+    allowed_roots,
+    extract_zip_safely,
+    resolve_under_roots,
+    save_uploaded_files,
+    spreadsheet_safe,
+)
 
 
 def _zip(members: dict[str, bytes], *, compression=zipfile.ZIP_DEFLATED) -> bytes:
@@ -186,6 +192,50 @@ def test_lying_size_caught_while_streaming(tmp_path):
 def test_not_a_zip(tmp_path):
     with pytest.raises(InputError, match="not a valid ZIP"):
         extract_zip_safely(b"hello", tmp_path / "up")
+
+
+# --------------------------------------------------------------------------- folder uploads
+def _uploads(files: dict[str, bytes]) -> list[io.BytesIO]:
+    """Stand-ins for Streamlit's UploadedFile: a BytesIO with the browser's relative name."""
+    out = []
+    for name, data in files.items():
+        f = io.BytesIO(data)
+        f.name = name
+        out.append(f)
+    return out
+
+
+def test_uploaded_folder_saved_and_single_top_folder_returned(tmp_path):
+    root = save_uploaded_files(_uploads({"pets/cat/1.png": b"c1", "pets/dog/2.png": b"d2",
+                                         "pets/.DS_Store": b"x", "__MACOSX/pets/._1.png": b"y"}),
+                               tmp_path / "up")
+    assert root == (tmp_path / "up" / "pets").resolve()
+    assert (root / "cat" / "1.png").read_bytes() == b"c1" and (root / "dog" / "2.png").read_bytes() == b"d2"
+    assert not (root / ".DS_Store").exists() and not (tmp_path / "up" / "__MACOSX").exists()
+
+
+def test_uploaded_files_without_one_top_folder_load_from_dest(tmp_path):
+    root = save_uploaded_files(_uploads({"cat/1.png": b"c", "dog/2.png": b"d"}), tmp_path / "up")
+    assert root == (tmp_path / "up").resolve()
+
+
+@pytest.mark.parametrize("name,why", [("../evil.png", "'..'"), ("a/../../evil.png", "'..'"),
+                                      ("..\\evil.png", "'..'"), ("/etc/evil.png", "absolute"),
+                                      ("C:/evil.png", "absolute")])
+def test_uploaded_file_names_cannot_climb_out(tmp_path, name, why):
+    with pytest.raises(InputError, match=why) as e:
+        save_uploaded_files(_uploads({"ok/1.png": b"1", name: b"x"}), tmp_path / "up")
+    assert name in str(e.value)
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path.parent / "evil.png").exists()
+
+
+def test_uploaded_folder_limits(tmp_path):
+    with pytest.raises(InputError, match="no usable files"):
+        save_uploaded_files(_uploads({".DS_Store": b"x"}), tmp_path / "a")
+    with pytest.raises(InputError, match="at most 2"):
+        save_uploaded_files(_uploads({f"c/{i}.png": b"x" for i in range(3)}), tmp_path / "b", max_files=2)
+    with pytest.raises(InputError, match="larger than"):
+        save_uploaded_files(_uploads({"c/1.png": b"x" * 10}), tmp_path / "c", max_total_bytes=5)
 
 
 # --------------------------------------------------------------------------- spreadsheet cells

@@ -1,58 +1,68 @@
 """Command line: ``python -m turn_core run | demo | export``.
 
-Every RunConfig field is a ``--flag`` (generated from the dataclass, help from its comment), so
-the CLI and the app can never drift apart. Bad input: one line on stderr, exit code 2.
-Cancelled (Ctrl-C): exit code 130, the run directory marked cancelled.
+Every RunConfig field is a ``--flag``, generated from the field's metadata (help, group, choices),
+so the CLI and the app can never drift apart. The settings are checked (``settings.check_names``)
+before any data is loaded. Bad input: one line on stderr, exit code 2. Cancelled (Ctrl-C): exit
+code 130, the run directory marked cancelled.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from .config import BN_MODES, METHODS, RunConfig, setting_help
-from .errors import Cancelled, TurnAuditError
-
-_SHORT_HELP = {
-    "data": "image folder (root/<class>/<image>), CSV manifest (path,label[,split][,clean_label]) or 'demo'",
-    "out": "run directory to write",
-    "method": f"one of {', '.join(METHODS)}",
-}
+from .config import GROUPS, SETTINGS, RunConfig, Setting
+from .errors import Cancelled, InputError, TurnAuditError
 
 
-def _type_of(f: dataclasses.Field):
-    t = str(f.type)
-    if "tuple" in t:
-        return lambda s: tuple(float(x) for x in s.split(","))
-    if "bool" in t:
-        return lambda s: s.lower() in ("1", "true", "yes", "on")
-    if "int" in t:
-        return int
-    if "float" in t:
-        return float
-    return str
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as ``InputError`` (main prints it as one line, exit 2)
+    instead of printing the usage block and exiting from inside the parser."""
+
+    def error(self, message: str):
+        raise InputError(message)
+
+
+def _flag_type(s: Setting):
+    def parse(text: str):
+        try:
+            return s.parse(text)
+        except InputError as e:  # argparse prefixes "argument --flag:" itself
+            raise argparse.ArgumentTypeError(str(e).removeprefix(s.flag + " ")) from None
+    parse.__name__ = s.kind
+    return parse
 
 
 def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    helps = setting_help()
-    for f in dataclasses.fields(RunConfig):
-        if f.name in skip:
+    """One ``--flag`` per RunConfig field, in argument groups by the field's metadata group.
+
+    Flags default to "not given" (``argparse.SUPPRESS``) so unset flags keep RunConfig's
+    defaults. Fixed and registry choices are argparse choices, except where a value outside the
+    list is valid too (``--device cuda:N``, ``none`` for an optional setting): there the choices
+    are only shown, and ``settings.check_names`` checks the value."""
+    from .settings import registry_choices
+
+    registries = registry_choices()
+    groups = {key: p.add_argument_group(f"{title} settings") for key, title in GROUPS.items()}
+    for s in SETTINGS.values():
+        if s.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        text = _SHORT_HELP.get(f.name) or helps.get(f.name, "")
-        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{text} (default: {default})"}
-        if f.name == "method":
-            kwargs["choices"] = METHODS
-        elif f.name == "bn_mode":
-            kwargs["choices"] = BN_MODES
-        p.add_argument(flag, type=_type_of(f), **kwargs)
+        choices = s.choices if s.choices is not None else registries.get(s.registry)
+        kwargs = {"dest": s.name, "default": argparse.SUPPRESS, "type": _flag_type(s),
+                  "help": f"{s.help} (default: {s.default})".replace("%", "%%")}
+        if choices is not None and (s.optional or s.registry == "device"):
+            more = ["cuda:N"] if s.registry == "device" else ["none"]
+            kwargs["metavar"] = "{" + ",".join([*choices, *more]) + "}"
+        elif choices is not None:
+            kwargs["choices"] = choices
+        elif s.kind == "bool":
+            kwargs["metavar"] = "{true,false}"
+        groups[s.group].add_argument(s.flag, **kwargs)
 
 
 def config_from_args(ns: argparse.Namespace, **overrides) -> RunConfig:
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {k: v for k, v in vars(ns).items() if k in names}
+    """The RunConfig of parsed flags: the flags given, then ``overrides``, else the defaults."""
+    values = {k: v for k, v in vars(ns).items() if k in SETTINGS}
     values.update(overrides)
     return RunConfig(**values)
 
@@ -121,6 +131,9 @@ def _summary(run_dir: Path) -> str:
 def _do_run(config: RunConfig, quiet: bool) -> int:
     from .pipeline import run
     from .progress import CancelToken
+    from .settings import check_names
+
+    check_names(config)  # every name and value, before any data is loaded
 
     bars = _Bars(quiet)
     token = CancelToken()
@@ -137,7 +150,7 @@ def _do_run(config: RunConfig, quiet: bool) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m turn_core",
+    p = _Parser(prog="python -m turn_core",
                                 description="TURN Audit: find mislabeled images with TURN (Ahn et al., IJCAI 2024).")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run TURN (or a baseline) on a dataset",
@@ -158,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if args.command == "run":
             if not getattr(args, "data", None):
                 raise TurnAuditError("--data is required (a folder, a CSV manifest, or 'demo')")

@@ -6,7 +6,8 @@ must hold whatever they send:
 * a typed path can only reach folders the operator allowed (``allowed_roots``,
   ``resolve_under_roots``): nobody browses ``/etc`` or follows a symlink out of the data folder;
 * an uploaded ZIP cannot write outside its extraction folder (zip slip), plant symlinks, or
-  fill the disk (zip bomb) (``extract_zip_safely``);
+  fill the disk (zip bomb) (``extract_zip_safely``); nor can the files of an uploaded folder,
+  whose names come from the browser (``save_uploaded_files``);
 * a label that starts with ``=`` is not run as a formula when the exported CSV is opened in a
   spreadsheet (``spreadsheet_safe``).
 
@@ -18,6 +19,7 @@ import io
 import os
 import stat
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -166,7 +168,11 @@ def extract_zip_safely(zip_file: str | os.PathLike | bytes | IO[bytes], dest_dir
                 continue
             written = _copy_member(zf, info, target, written, max_total_bytes)
 
-    # "zip of one folder" → load that folder; a single top-level *file* is not a folder.
+    return _folder_to_load(dest, tops)
+
+
+def _folder_to_load(dest: Path, tops: set[str]) -> Path:
+    """"Upload of one folder" → load that folder; a single top-level *file* is not a folder."""
     if len(tops) == 1:
         only = dest / next(iter(tops))
         if only.is_dir():
@@ -186,18 +192,64 @@ def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
     # mode 0 = archive made without Unix attributes (e.g. on Windows): a plain file or folder.
     if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise InputError(f"ZIP member {name} is not a regular file")
+    return _safe_relative_path(name, "ZIP member")
+
+
+def _safe_relative_path(name: str, what: str) -> PurePosixPath | None:
+    """``name`` (from an archive or a browser) as a relative path that stays inside its folder;
+    None for skipped clutter; ``InputError`` naming ``what`` and the name for a dangerous one."""
     # Windows tools may write backslashes; treat them as separators so "..\\x" is caught too.
     norm = name.replace("\\", "/")
     if norm.startswith("/") or (len(norm) >= 2 and norm[1] == ":"):
-        raise InputError(f"ZIP member {name} has an absolute path")
+        raise InputError(f"{what} {name} has an absolute path")
     parts = [p for p in norm.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise InputError(f"ZIP member {name} climbs out of the archive with '..'")
+        raise InputError(f"{what} {name} climbs out of its folder with '..'")
     if "\x00" in norm:
-        raise InputError(f"ZIP member {name!r} has a NUL character in its name")
+        raise InputError(f"{what} {name!r} has a NUL character in its name")
     if not parts or parts[0] in _IGNORED_TOP_LEVEL or parts[-1] in _IGNORED_NAMES:
         return None
     return PurePosixPath(*parts)
+
+
+# --------------------------------------------------------------------------- folder uploads
+def save_uploaded_files(files: Iterable[Any], dest_dir: str | os.PathLike, *, max_files: int = 50_000,
+                        max_total_bytes: int = 2 * GiB) -> Path:
+    """Write the files of an uploaded folder under ``dest_dir``, refusing dangerous names.
+
+    ``files``: objects with ``.name`` (the path inside the folder the browser sent, e.g.
+    ``"pets/cat/1.png"``) and ``.getvalue()`` (their bytes), such as Streamlit's
+    ``UploadedFile``. The names get the same checks as ZIP members (``InputError`` naming the
+    file for an absolute path or ``..``; macOS clutter skipped); more than ``max_files`` files
+    or ``max_total_bytes`` bytes is refused, and so is an upload with no usable file.
+
+    Returns the folder to load: the upload's single top-level folder when it has exactly one,
+    else ``dest_dir`` itself (the same rule as ``extract_zip_safely``)."""
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest = dest.resolve()
+    tops: set[str] = set()
+    total = count = 0
+    for f in files:
+        rel = _safe_relative_path(str(f.name), "uploaded file")
+        if rel is None:
+            continue
+        data = f.getvalue()
+        count, total = count + 1, total + len(data)
+        if count > max_files:
+            raise InputError(f"the upload has more than {max_files} files; at most {max_files} are allowed")
+        if total > max_total_bytes:
+            raise InputError(f"the upload is larger than {max_total_bytes / GiB:.2f} GiB, the limit")
+        target = dest.joinpath(*rel.parts)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except OSError as e:  # e.g. "a" uploaded as a file and "a/b" as well
+            raise InputError(f"cannot save uploaded file {f.name}: {e}") from None
+        tops.add(rel.parts[0])
+    if not count:
+        raise InputError("the uploaded folder contained no usable files")
+    return _folder_to_load(dest, tops)
 
 
 def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, written: int,
@@ -237,5 +289,5 @@ def spreadsheet_safe(value: Any) -> Any:
     return value
 
 
-__all__ = ["ROOTS_ENV", "allowed_roots", "resolve_under_roots", "extract_zip_safely",
+__all__ = ["ROOTS_ENV", "allowed_roots", "extract_zip_safely", "resolve_under_roots", "save_uploaded_files",
            "spreadsheet_safe"]
