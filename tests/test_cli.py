@@ -91,6 +91,27 @@ def test_export_corrected_labels_and_manifest(demo_run, env, tmp_path):
 
 
 @pytest.mark.slow
+def test_export_formats_for_cleanlab_fiftyone_and_label_studio(demo_run, env, tmp_path):
+    import numpy as np
+
+    out, r = demo_run
+    assert r.returncode == 0, r.stderr
+    for fmt, target in (("cleanlab", tmp_path / "cl"), ("fiftyone", tmp_path / "fo"),
+                        ("label-studio", tmp_path / "ls.json")):
+        e = cli(env, "export", out, "--format", fmt, "--out", target)
+        assert e.returncode == 0, (fmt, e.stderr)
+        assert str(target) in e.stdout
+    flagged = np.load(tmp_path / "cl" / "label_issues.npy")
+    assert flagged.dtype == bool and flagged.shape == (150,)
+    assert np.load(tmp_path / "cl" / "pred_probs.npy").shape[0] == 150
+    assert json.loads((tmp_path / "fo" / "labels.json").read_text())["classes"] == [str(d) for d in range(10)]
+    tasks = json.loads((tmp_path / "ls.json").read_text())
+    assert len(tasks) == int(flagged.sum())
+    bad = cli(env, "export", out, "--format", "parquet", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "cleanlab" in bad.stderr
+
+
+@pytest.mark.slow
 def test_run_on_missing_folder_is_one_error_line(env, tmp_path):
     out = tmp_path / "y"
     r = cli(env, "run", "--data", "/nonexistent", "--out", out)

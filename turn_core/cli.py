@@ -149,6 +149,31 @@ def _do_run(config: RunConfig, quiet: bool) -> int:
     return 0
 
 
+def _export_csv(args: argparse.Namespace) -> Path:
+    from .export import write_corrected_csv
+
+    return write_corrected_csv(args.run_dir, args.out, spreadsheet_safe=not args.no_spreadsheet_escape)
+
+
+def _export_label_studio(args: argparse.Namespace) -> Path:
+    from .export import write_label_studio_json
+
+    return write_label_studio_json(args.run_dir, args.out)
+
+
+def _export_interop(name: str):
+    def write(args: argparse.Namespace) -> Path:
+        from .interop import EXPORT_FORMATS as writers
+
+        return writers[name](args.run_dir, args.out)
+    return write
+
+
+# --format of `export`: name → writer of that format from the parsed arguments.
+EXPORT_FORMATS = {"csv": _export_csv, "label-studio": _export_label_studio,
+                  "cleanlab": _export_interop("cleanlab"), "fiftyone": _export_interop("fiftyone")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m turn_core",
                                 description="TURN Audit: find mislabeled images with TURN (Ahn et al., IJCAI 2024).")
@@ -160,9 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run TURN on the built-in offline demo (MNIST digits with injected noise)")
     d.add_argument("--quiet", action="store_true")
     add_config_flags(d, skip=("data",))
-    e = sub.add_parser("export", help="export corrected labels (suggestions + review decisions) as CSV")
+    e = sub.add_parser("export", help="export corrected labels (suggestions + review decisions), or the run's "
+                                      "results for cleanlab, FiftyOne or Label Studio")
     e.add_argument("run_dir", type=Path)
-    e.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="csv",
+                   help="csv: corrected-labels CSV; label-studio: tasks JSON of the flagged images; cleanlab: "
+                        "pred_probs/labels/label_issues arrays (a folder); fiftyone: a "
+                        "FiftyOneImageClassificationDataset folder (default: csv)")
+    e.add_argument("--out", type=Path, required=True, help="file (csv, label-studio) or folder (cleanlab, fiftyone) "
+                                                          "to write")
     e.add_argument("--manifest", type=Path, default=None,
                    help="also write the cleaned manifest (path,label) here, ready to train on")
     e.add_argument("--no-spreadsheet-escape", action="store_true",
@@ -183,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.out = "runs/demo"
             return _do_run(cfg, args.quiet)
         if args.command == "export":
-            from .export import write_clean_manifest, write_corrected_csv
+            from .export import write_clean_manifest
 
-            path = write_corrected_csv(args.run_dir, args.out, spreadsheet_safe=not args.no_spreadsheet_escape)
+            path = EXPORT_FORMATS[args.format](args)
             print(f"wrote {path}")
             if args.manifest:
                 print(f"wrote {write_clean_manifest(args.run_dir, args.manifest)}")
