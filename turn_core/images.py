@@ -107,7 +107,7 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *,
 def _exif_transpose(img: Image.Image) -> Image.Image:
     try:
         out = ImageOps.exif_transpose(img)
-    except Exception:  # a malformed EXIF block should not cost the image itself
+    except Exception:  # noqa: BLE001 (a malformed EXIF block should not cost the image itself)
         return img
     return img if out is None else out
 
@@ -165,8 +165,8 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left = int(round((nw - size) / 2.0))
-    top = int(round((nh - size) / 2.0))
+    left = round((nw - size) / 2.0)
+    top = round((nh - size) / 2.0)
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8).reshape(size, size, 3)
 
@@ -212,7 +212,7 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
         return resize_square(load_rgb(path, draft_size=size), size), None
     except ImageSkip as e:
         return None, e.reason
-    except Exception as e:  # never let one file stop the run; the reason lands in skipped.csv
+    except Exception as e:  # noqa: BLE001 (one file never stops the run; the reason lands in skipped.csv)
         return None, f"could not decode: {type(e).__name__}: {e}"
 
 
