@@ -65,8 +65,7 @@ def test_folder_layout(folder):
     assert ds.paths == ["cat/a.png", "cat/b.png", "dog/c.png", "dog/d.png", "dog/sub/e.png"]
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 0, 1, 1, 1]
     assert all(f.is_absolute() and f.exists() for f in ds.files)
-    assert ds.splits.tolist() == ["train"] * 5 and ds.clean_labels is None
-    assert ds.class_counts() == {"cat": 2, "dog": 3}
+    assert ds.splits.tolist() == ["train"] * 5 and ds.true_labels is None
     assert ("README.txt", "not inside a class folder") in ds.skipped
     assert ds.source == str(folder)
 
@@ -150,7 +149,20 @@ def test_csv_bom_and_optional_columns(tmp_path):
     (tmp_path / "m.csv").write_text(text, encoding="utf-8")
     ds = load_dataset(tmp_path / "m.csv")
     assert ds.paths == ["0.png", "1.png", "2.png", "3.png"]
-    assert ds.clean_labels.tolist() == [0, 1, 1, 1] and ds.splits.tolist() == ["train"] * 4
+    assert ds.true_labels.tolist() == [0, 1, 1, 1] and ds.splits.tolist() == ["train"] * 4
+
+
+@pytest.mark.parametrize("column", ["true_label", "clean_label"])
+def test_csv_true_label_column_under_either_name(tmp_path, column):
+    """true_label is today's name; clean_label (older manifests, the demo's before the rename)
+    means the same and still loads."""
+    for i in range(4):
+        _img(tmp_path / f"{i}.png")
+    m = _write_csv(tmp_path / "m.csv", [["0.png", "a", "b"], ["1.png", "a", "a"], ["2.png", "b", "b"],
+                                        ["3.png", "b", "a"]], header=("path", "label", column))
+    ds = load_dataset(m)
+    assert ds.true_labels.tolist() == [1, 0, 1, 0] and ds.labels.tolist() == [0, 0, 1, 1]
+    assert ds.subset([3, 0]).true_labels.tolist() == [0, 1]
 
 
 def test_csv_root_argument(tmp_path):
@@ -199,6 +211,12 @@ GOOD = "0.png,a\n1.png,a\n2.png,b\n3.png,b\n"
      "row 3: clean_label 'z'"),
     ("path,label,clean_label\n0.png,a,a\n1.png,a,\n2.png,b,b\n3.png,b,b\n",
      "row 3: empty clean_label"),
+    ("path,label,true_label\n0.png,a,a\n1.png,a,\n2.png,b,b\n3.png,b,b\n",
+     "row 3: empty true_label"),
+    ("path,label,true_label\n0.png,a,a\n1.png,a,q\n2.png,b,b\n3.png,b,b\n",
+     "row 3: true_label 'q' is not one of the classes"),
+    ("path,label,true_label,clean_label\n0.png,a,a,a\n1.png,a,a,a\n2.png,b,b,b\n3.png,b,b,b\n",
+     "both a true_label and a clean_label column"),
     ("path,label\n0.png,a\n1.png,a\n", "at least 2 classes"),
     ("path,label\n0.png,a\n1.png,a\n2.png,b\n", "class 'b' has 1 training image"),
     ("path,label,split\n0.png,a,train\n1.png,a,train\n2.png,b,train\n3.png,b,test\n",
@@ -286,16 +304,16 @@ def test_demo_counts_truth_and_noise(demo_cache):
     assert ds.classes == [str(d) for d in range(10)]
     train, test = ds.splits == "train", ds.splits == "test"
     assert train.sum() == 600 and test.sum() == 200 and len(ds) == 800
-    assert np.all(np.bincount(ds.clean_labels[train], minlength=10) == 60)
+    assert np.all(np.bincount(ds.true_labels[train], minlength=10) == 60)
     assert np.all(np.bincount(ds.labels[test], minlength=10) == 20)
-    assert np.array_equal(ds.labels[test], ds.clean_labels[test])
-    realised = (ds.labels[train] != ds.clean_labels[train]).mean()
+    assert np.array_equal(ds.labels[test], ds.true_labels[test])
+    realised = (ds.labels[train] != ds.true_labels[train]).mean()
     assert abs(realised - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 600)
     assert len(set(ds.paths)) == 800 and not ds.skipped and all(f.exists() for f in ds.files)
     # The PNGs are real 28×28 digits whose folder is their true class.
     img = Image.open(ds.files[0])
     assert img.size == (28, 28) and np.asarray(img).max() > 100
-    assert all(p.split("/")[1] == ds.classes[c] for p, c in zip(ds.paths, ds.clean_labels))
+    assert all(p.split("/")[1] == ds.classes[c] for p, c in zip(ds.paths, ds.true_labels))
     assert (ds.root / "manifest-symmetric-0.3-n600-t200-s1.csv").exists()
 
 
@@ -313,13 +331,13 @@ def test_demo_second_call_fast_and_identical(demo_cache):
                                        ("none", {})])
 def test_demo_noise_kinds(demo_cache, noise, kw):
     ds = load_demo(n=500, n_test=0, noise=noise, rate=0.4, seed=0, cache_dir=demo_cache, **kw)
-    flipped = ds.labels != ds.clean_labels
+    flipped = ds.labels != ds.true_labels
     if noise == "none":
         assert not flipped.any()
     else:
         assert 0.3 < flipped.mean() < 0.5
     if noise == "asymmetric":
-        assert np.all(ds.labels[flipped] == (ds.clean_labels[flipped] + 1) % 10)
+        assert np.all(ds.labels[flipped] == (ds.true_labels[flipped] + 1) % 10)
 
 
 def test_demo_env_cache_dir_and_bad_sizes(demo_cache, monkeypatch):

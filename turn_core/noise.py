@@ -3,7 +3,7 @@
 Every generator is a plain function ``labels -> noisy labels``:
 
 * takes ``labels`` (int, shape (N,), values in ``[0, n_classes)``), the true labels;
-* returns a NEW int64 array of shape (N,); the input is never modified, so the truth survives;
+* returns a NEW int64 array of shape (N,); the input is never modified, so the true labels survive;
 * is fully determined by ``seed`` (``numpy.random.default_rng(seed)``): same seed, same labels;
 * returns the labels unchanged at ``rate == 0``; ``rate`` must lie in ``[0, 1)`` (``InputError``).
 
@@ -18,23 +18,14 @@ Kinds (``NOISE_KINDS``, used by ``inject_noise``):
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from .errors import InputError
 
 # CIFAR-100 fine label names in label-index order (alphabetical, as in the dataset's meta file).
-CIFAR100_FINE_LABELS = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
-    "butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch "
-    "crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo "
-    "keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse "
-    "mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy "
-    "porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper "
-    "snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television "
-    "tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
-).split()
+CIFAR100_FINE_LABELS = ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm"]
 
 # Superclass (coarse label) of each fine label, index = fine label (CIFAR-100 meta file).
 CIFAR100_COARSE_OF_FINE = (
@@ -303,5 +294,13 @@ def inject_noise(kind: str | None, labels, n_classes: int, rate: float, seed: in
     return noisy, realised
 
 
-__all__ = ["symmetric_noise", "asymmetric_noise", "instance_noise", "parse_class_map",
-           "inject_noise", "NOISE_KINDS", "CIFAR100_FINE_LABELS", "CIFAR100_COARSE_OF_FINE"]
+__all__ = [
+    "CIFAR100_COARSE_OF_FINE",
+    "CIFAR100_FINE_LABELS",
+    "NOISE_KINDS",
+    "asymmetric_noise",
+    "inject_noise",
+    "instance_noise",
+    "parse_class_map",
+    "symmetric_noise",
+]

@@ -8,8 +8,10 @@ Layout (every file optional until the run reaches the step that writes it)::
       status.json          {"state": running|finished|failed|cancelled|interrupted,
                             "pid", "host", "started", "ended", "error", "method", "format"}
       events.jsonl         one JSON object a line: {"t", "phase", "kind", ...} (see EVENT KINDS)
-      samples.csv          one row per training image (see SAMPLE_COLUMNS)
-      metrics.json         test accuracy; flag precision/recall/F1/AUROC when truth is known
+      samples.csv          one row per training image (see SAMPLE_COLUMNS; OPTIONAL_COLUMNS
+                           true_label, is_noisy when the true labels are known; runs before
+                           the rename wrote clean_label, which ``Run.samples`` reads as true_label)
+      metrics.json         test accuracy; flag precision/recall/F1/AUROC when the true labels are known
       gmm.json             [{"epoch", "means", "variances", "weights", "clean_component", "tau"}]
       features_pre.npy     float16 (N, D): pretrained features of the training images
       features_post.npy    float16 (N, D): features after FFT (TURN / CE-FFT only)
@@ -25,6 +27,9 @@ Layout (every file optional until the run reaches the step that writes it)::
 
 Writers use ``atomic_write_*`` so a killed process never leaves half a file; readers accept a
 directory from an older version or half written and report what is missing instead of raising.
+
+Words: "clean" is the GMM's (``clean_prob``, the clean set); the known-correct label of a
+benchmark or demo image is its "true label".
 """
 from __future__ import annotations
 
@@ -35,15 +40,18 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from .errors import InputError
 
 FORMAT_VERSION = 1
+# The one list of run states (status.json "state"); readers add "incomplete" for a folder
+# whose status.json is missing or unreadable.
 STATES = ("running", "finished", "failed", "cancelled", "interrupted")
 
 # Columns of samples.csv, in order. loss_fft_<e> columns (e = 1..E_FFT) follow loss_lp.
@@ -61,7 +69,9 @@ SAMPLE_COLUMNS = [
     "knn_agreement",    # fraction of feature-space neighbours sharing the given label
     "loss_lp",          # CE loss after linear probing
 ]
-OPTIONAL_COLUMNS = ["clean_label", "is_noisy"]  # present when the truth is known
+OPTIONAL_COLUMNS = ["true_label", "is_noisy"]  # present when the true labels are known
+# Column names of older runs → today's name (read side only; writers use today's names).
+_OLD_COLUMNS = {"clean_label": "true_label"}
 
 
 def now() -> float:
@@ -145,7 +155,7 @@ class RunWriter:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (held until close())
 
     # Files one run writes; a new run in the same folder removes the previous run's first so
     # nothing stale (events, features, review decisions of other samples) mixes in.
@@ -166,7 +176,7 @@ class RunWriter:
         for name in self.RUN_FILES:
             (self.dir / name).unlink(missing_ok=True)
         shutil.rmtree(self.dir / "projections", ignore_errors=True)
-        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (held until close())
 
     def set_status(self, state: str, **extra: Any) -> None:
         assert state in STATES, state
@@ -194,6 +204,56 @@ class RunWriter:
 
     def write_csv(self, name: str, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:
         return atomic_write_text(self.dir / name, csv_text(header, rows))
+
+    def write_skipped(self, skipped: Iterable[tuple[str, str]]) -> Path:
+        """skipped.csv from (path, reason) pairs."""
+        return self.write_csv("skipped.csv", ["path", "reason"], skipped)
+
+    def write_samples(self, *, paths: list[str], classes: list[str], given: np.ndarray,
+                      predicted: np.ndarray, suggested: np.ndarray, suspicion: np.ndarray,
+                      clean_prob: np.ndarray, flagged: np.ndarray, confidence: np.ndarray,
+                      margin: np.ndarray, knn_agreement: np.ndarray, losses: np.ndarray,
+                      true: np.ndarray | None = None) -> Path:
+        """samples.csv: one row per training image, columns SAMPLE_COLUMNS + loss_fft_<e>.
+
+        given / predicted / suggested / true: int class indices (N,) into ``classes``;
+        suspicion, clean_prob, confidence, margin, knn_agreement: floats (N,); flagged: bool or
+        0/1 (N,); losses: (1 + E, N) per-sample CE after LP, then after each FFT epoch e.
+        ``true`` (the true labels, when known) adds the OPTIONAL_COLUMNS. Floats are written
+        with 6 decimals (knn_agreement 4), the precision metrics.json is computed at.
+        """
+        losses = np.asarray(losses)
+        n_fft = len(losses) - 1
+        header = SAMPLE_COLUMNS + [f"loss_fft_{e}" for e in range(1, n_fft + 1)]
+        if true is not None:
+            header += OPTIONAL_COLUMNS
+        rows = []
+        for i in range(len(paths)):
+            row = [i, paths[i], classes[given[i]], classes[predicted[i]], classes[suggested[i]],
+                   f"{suspicion[i]:.6f}", f"{clean_prob[i]:.6f}", int(flagged[i]),
+                   f"{confidence[i]:.6f}", f"{margin[i]:.6f}", f"{knn_agreement[i]:.4f}"]
+            row += [f"{losses[e][i]:.6f}" for e in range(n_fft + 1)]
+            if true is not None:
+                row += [classes[true[i]], int(true[i] != given[i])]
+            rows.append(row)
+        return self.write_csv("samples.csv", header, rows)
+
+    def write_metrics(self, metrics: dict) -> Path:
+        """metrics.json (see the layout above)."""
+        return self.write_json("metrics.json", metrics)
+
+    def write_model(self, model, *, model_name: str, classes: list[str]) -> Path:
+        """model.safetensors: the torch ``model``'s state dict, with the timm name and the
+        class list as metadata. Written to a temporary name and renamed."""
+        # imported here: reading a run needs neither torch nor safetensors
+        from safetensors.torch import save_file
+
+        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tmp = self.dir / ".model.safetensors.tmp"
+        save_file(sd, str(tmp), metadata={"model": model_name, "classes": json.dumps(classes)})
+        target = self.dir / "model.safetensors"
+        os.replace(tmp, target)
+        return target
 
     def close(self) -> None:
         self._events.close()
@@ -363,25 +423,21 @@ class Run:
 
     # -- large artefacts (cached per Run object)
     def samples(self):
-        """samples.csv as a pandas DataFrame (None until the run wrote it)."""
+        """samples.csv as a pandas DataFrame (None until the run wrote it).
+
+        An older run's ``clean_label`` column comes back as ``true_label``."""
         if "samples" not in self._cache:
             import pandas as pd
 
             p = self.dir / "samples.csv"
-            self._cache["samples"] = (
-                pd.read_csv(p, dtype={"path": str, "given_label": str, "predicted_label": str,
-                                      "suggested_label": str, "clean_label": str},
-                            keep_default_na=False)
-                if p.exists() else None)
+            df = None
+            if p.exists():
+                text_cols = ["path", "given_label", "predicted_label", "suggested_label", "true_label"]
+                dtypes = {c: str for c in text_cols + list(_OLD_COLUMNS)}
+                df = pd.read_csv(p, dtype=dtypes, keep_default_na=False)
+                df = df.rename(columns={o: n for o, n in _OLD_COLUMNS.items() if n not in df.columns})
+            self._cache["samples"] = df
         return self._cache["samples"]
-
-    def skipped(self):
-        import pandas as pd
-
-        p = self.dir / "skipped.csv"
-        if not p.exists():
-            return pd.DataFrame(columns=["path", "reason"])
-        return pd.read_csv(p, dtype=str, keep_default_na=False)
 
     def _npy(self, name: str) -> np.ndarray | None:
         if name not in self._cache:
@@ -410,7 +466,3 @@ class Run:
     def missing(self) -> list[str]:
         need = ["config.json", "status.json", "samples.csv", "thumbs.npy", "features_pre.npy"]
         return [n for n in need if not (self.dir / n).exists()]
-
-    @property
-    def is_complete(self) -> bool:
-        return self.status.get("state") == "finished" and not self.missing()

@@ -1,14 +1,16 @@
 """Torch building blocks of TURN: batches from the uint8 cache, feature/logit passes, linear
 probing on cached features, and one full fine-tuning epoch.
 
-Images come from the (N, S, S, 3) uint8 cache built once per run (turn_core.images), so no epoch
-re-decodes a file. Every loop checks the cancellation token between batches.
+Images come from the (M, S, S, 3) uint8 cache built once per run (turn_core.images), so no epoch
+re-decodes a file. The passes take the cache as it is on disk (a memmap) plus ``rows``, the cache
+row of each sample, and read one batch of rows at a time: leaving out unreadable files never
+copies the cache into memory. Every loop checks the cancellation token between batches.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -90,12 +92,13 @@ def features_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.no_grad()
-def forward_pass(model, images: np.ndarray, rt: Runtime, *, indices: np.ndarray | None = None,
+def forward_pass(model, images: np.ndarray, rt: Runtime, *, rows: np.ndarray | None = None,
                  progress: Callable | None = None, cancel: CancelToken | None = None,
                  phase: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode pass over ``images[indices]``: returns (features (N, D) f32, logits (N, K) f32)."""
+    """Eval-mode pass over ``images[rows]`` (images (M, S, S, 3) uint8, rows (N,) int, default
+    all M): returns (features (N, D) f32, logits (N, K) f32), row i for ``rows[i]``."""
     model.eval()
-    idx = np.arange(len(images)) if indices is None else np.asarray(indices)
+    idx = np.arange(len(images)) if rows is None else np.asarray(rows)
     feats, logits = [], []
     steps = (len(idx) + rt.batch_size - 1) // rt.batch_size
     t0 = time.time()
@@ -117,15 +120,16 @@ def forward_pass(model, images: np.ndarray, rt: Runtime, *, indices: np.ndarray 
 
 
 @torch.no_grad()
-def recalibrate_bn(model, images: np.ndarray, rt: Runtime, *, max_images: int = 4096, seed: int = 0,
-                   cancel: CancelToken | None = None) -> None:
+def recalibrate_bn(model, images: np.ndarray, rt: Runtime, *, rows: np.ndarray | None = None,
+                   max_images: int = 4096, seed: int = 0, cancel: CancelToken | None = None) -> None:
     """Re-estimate every batch-norm layer's running statistics on the user's images (AdaBN,
     Li et al. 2016), keeping the learned scale and shift.
 
     Why: ImageNet statistics at 224 px do not match small or off-domain images (64-px CIFAR,
     28-px digits). Features extracted with mismatched statistics are weaker for LP, and FFT in
     train-mode BN would then see different features than the ones the LP head was trained on.
-    Running stats are cumulative averages over up to ``max_images`` images.
+    Running stats are cumulative averages over up to ``max_images`` of the samples
+    ``images[rows]`` (rows (N,) int, default all rows of ``images``).
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -137,14 +141,15 @@ def recalibrate_bn(model, images: np.ndarray, rt: Runtime, *, max_images: int = 
     model.eval()
     for m in bns:
         m.train()
-    idx = np.random.default_rng(seed).permutation(len(images))[:max_images]
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    idx = np.random.default_rng(seed).permutation(len(rows))[:max_images]
     for s in range(0, len(idx), rt.batch_size):
         check(cancel)
         b = np.sort(idx[s:s + rt.batch_size])
         if len(b) < 2:
             continue
         with rt.autocast():
-            model.forward_features(to_input(images[b], rt))
+            model.forward_features(to_input(images[rows[b]], rt))
     for m, (mom, tr) in zip(bns, saved):
         m.momentum = mom
         m.train(tr)
@@ -311,10 +316,15 @@ def _set_train_mode(model, freeze_bn_stats: bool) -> None:
 
 
 def fft_epoch(model, images: np.ndarray, indices: np.ndarray, labels: np.ndarray, opt, rt: Runtime, *,
-              epoch: int, epochs: int, seed: int, augment_images: bool = True, flip: bool = True,
+              epoch: int, epochs: int, seed: int, rows: np.ndarray | None = None,
+              augment_images: bool = True, flip: bool = True,
               freeze_bn_stats: bool = True, grad_clip: float | None = None,
               progress: Callable | None = None, cancel: CancelToken | None = None) -> float:
-    """One epoch of full fine-tuning with CE on ``images[indices]`` labelled ``labels[indices]``."""
+    """One epoch of full fine-tuning with CE on the samples ``indices`` labelled ``labels[indices]``.
+
+    labels (N,) int, one per sample; sample i is the image ``images[rows[i]]`` (rows (N,) int;
+    default: sample i is row i). Returns the mean training loss.
+    """
     _set_train_mode(model, freeze_bn_stats)
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = np.asarray(indices)[torch.randperm(len(indices), generator=gen).numpy()]
@@ -326,7 +336,7 @@ def fft_epoch(model, images: np.ndarray, indices: np.ndarray, labels: np.ndarray
         b = np.sort(order[s * rt.batch_size:(s + 1) * rt.batch_size])
         if len(b) < 2 and not freeze_bn_stats:
             continue  # batch norm in train mode cannot take a batch of one
-        x = to_input(images[b], rt)
+        x = to_input(images[b if rows is None else rows[b]], rt)
         if augment_images:
             x = augment(x, gen, flip)
         y = y_all[b].to(rt.device)
