@@ -97,7 +97,7 @@ def peers(r: Run) -> dict:
     classes = r.classes
     idx = {c: i for i, c in enumerate(classes)}
     given = s["given_label"].map(idx).to_numpy()
-    truth = s["clean_label"].map(idx).to_numpy()
+    truth = s["true_label"].map(idx).to_numpy()
     noisy = given != truth
     feats = np.asarray(r.features("pre"), dtype=np.float32)
     out = {}
@@ -123,7 +123,7 @@ def ours(r: Run) -> dict:
     t = r.metrics["timings"]
     s = r.samples()
     idx = {c: i for i, c in enumerate(r.classes)}
-    truth = s["clean_label"].map(idx).to_numpy()
+    truth = s["true_label"].map(idx).to_numpy()
     sig = signals_from_run(r)
     noisy = sig.labels != truth
     out = {}

@@ -98,12 +98,12 @@ def settings_grid(names: list[str], columns: int = 4) -> None:
 # ------------------------------------------------------------------ cached helpers
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=3)
 def load_preview(source: str, noise: str, rate: float, n: int, seed: int):
-    from turn_core import data
     from turn_core.demo import load_demo
+    from turn_core.sources import load_source
 
     if source == "demo":
         return load_demo(n=n, noise=noise, rate=rate, seed=seed)
-    return data.load_dataset(source)
+    return load_source(source)
 
 
 @st.cache_data(show_spinner=False, max_entries=500)
@@ -195,8 +195,8 @@ if ds is not None:
         fig = px.bar(counts, x="class", y="images", height=260)
         fig.update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
         st.plotly_chart(fig, width="stretch", key="class_bar")
-        if ds.clean_labels is not None:
-            wrong = float(np.mean(np.asarray(ds.clean_labels) != np.asarray(ds.labels)))
+        if ds.true_labels is not None:
+            wrong = float(np.mean(np.asarray(ds.true_labels) != np.asarray(ds.labels)))
             st.caption(f"True labels are known: {wrong:.1%} of the given labels are wrong; the run will "
                        "report detection precision/recall.")
         grid = views.sample_per_class(ds.labels, len(classes), per_class=6, seed=0)

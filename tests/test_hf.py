@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets  # requirements-dev.txt; an optional extra ("hf") for users
 import numpy as np
 import pytest
-
-datasets = pytest.importorskip("datasets")
 
 from turn_core import hf
 from turn_core.errors import InputError
@@ -242,10 +241,6 @@ def test_pipeline_scores_the_same_rows_as_an_image_folder(tmp_path, cache, monke
     feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=as_folder.classes)})
     datasets.Dataset.from_dict(table, features=feats).save_to_disk(str(tmp_path / "saved"))
 
-    # Until data.load_dataset dispatches to hf itself (the integrator wires it), route it here.
-    original = data.load_dataset
-    monkeypatch.setattr(data, "load_dataset", lambda src, **kw: hf.load_hf_dataset(src, **kw)
-                        if hf.is_hf_source(src) else original(src, **kw))
     threads = torch.get_num_threads()
     outs = {}
     try:
@@ -271,3 +266,4 @@ def test_pipeline_scores_the_same_rows_as_an_image_folder(tmp_path, cache, monke
     cfg_b = json.loads((outs["hf"] / "config.json").read_text())
     assert cfg_a["classes"] == cfg_b["classes"] == as_folder.classes
     assert cfg_b["dataset"]["kind"] == "hf"
+    assert cfg_b["dataset"]["hf"]["fingerprint"]          # the `datasets` fingerprint is recorded

@@ -53,7 +53,7 @@ def _setting(default: Any, help: str, group: str, *, advanced: bool = True, **ex
 class RunConfig:
     # ---- data --------------------------------------------------------------------------------
     data: str = _setting("demo", "Image folder (root/<class>/<image>), CSV manifest "
-                         "(path,label[,split][,clean_label]) or 'demo'.", "data", advanced=False)
+                         "(path,label[,split][,true_label]), a Hugging Face save_to_disk folder, hf://NAME[:split], or 'demo'.", "data", advanced=False)
     test_data: str | None = _setting(None, "Optional held-out set (folder or CSV) for test accuracy; "
                                      "unset: the manifest's rows with split=test.", "data")
     out: str = _setting("runs/latest", "Run directory to write.", "data", advanced=False)
@@ -66,7 +66,7 @@ class RunConfig:
     # 2,000 images take about 2 min on 2 CPU cores, the image cache included.
     demo_n: int = _setting(2000, "Number of demo training images (its test set has 500 more).", "data",
                            advanced=False, min=20, max=4500, step=100, label="Training images")
-    # Optional synthetic noise on a user dataset (for benchmarking): applied to `clean_label`
+    # Optional synthetic noise on a user dataset (for benchmarking): applied to `true_label`
     # when the manifest has it, else to the given labels (which then become the truth).
     inject_noise: str | None = _setting(None, "Synthetic label noise to add to your own dataset "
                                         "(for benchmarking); the labels before it become the truth.",

@@ -55,14 +55,18 @@ def _versions() -> dict:
 
 def load_inputs(config: RunConfig):
     """(train Dataset, test Dataset | None, noise report) for ``config``."""
-    from . import data, noise
+    from . import noise
     from .demo import load_demo
+    from .sources import load_source
+
+    columns = {"image_column": config.image_column, "label_column": config.label_column,
+               "truth_column": config.truth_column}
 
     if config.data == "demo":
         ds = load_demo(n=config.demo_n, noise=config.demo_noise, rate=config.demo_noise_rate,
                             seed=config.seed, asym_map=config.asym_map)
     else:
-        ds = data.load_dataset(config.data)
+        ds = load_source(config.data, **columns)
     report = {}
     if config.inject_noise:
         base = ds.true_labels if ds.true_labels is not None else ds.labels
@@ -81,7 +85,7 @@ def load_inputs(config: RunConfig):
     train = ds.subset(ds.splits == "train")
     test = ds.subset(ds.splits != "train") if np.any(ds.splits != "train") else None
     if config.test_data:
-        test = data.load_dataset(config.test_data, classes=ds.classes)
+        test = load_source(config.test_data, classes=ds.classes, **columns)
     return train, test, report
 
 
@@ -167,6 +171,7 @@ class RunState:
     clean_prob: np.ndarray | None = None
     probs: np.ndarray | None = None
     cv_probs: list = field(default_factory=list)
+    ensemble_probs: np.ndarray | None = None   # (N, K): what the suspicion and suggestions come from
     knn_agreement: np.ndarray | None = None
     result: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -367,7 +372,15 @@ def _full_config(state: RunState) -> dict:
         "dataset": {"source": train.source, "root": str(train.root), "kind": train.kind,
                     "fingerprint": train.fingerprint(), "n_train": len(train.paths),
                     "n_test": 0 if test is None else len(test.paths), "n_skipped": len(state.skipped),
-                    "noise": state.noise_report}}
+                    "noise": state.noise_report, **_hf_record(train)}}
+
+
+def _hf_record(train) -> dict:
+    """{"hf": the dataset's `datasets` fingerprint and columns} for a Hugging Face dataset."""
+    from .hf import hf_record
+
+    record = hf_record(train)
+    return {"hf": record} if record else {}
 
 
 def phase_features(state: RunState) -> None:
@@ -494,7 +507,7 @@ def _clean_set(state: RunState, epoch: int) -> tuple[np.ndarray, dict]:
 def phase_score(state: RunState) -> None:
     """Sets clean_prob (final GMM), probs, cv_probs, knn_agreement, result (suspicion, flagged,
     suggested, confidence) and metrics."""
-    from .scores import build_signals, score_and_flag
+    from .scores import build_signals, score_and_flag, suggestion_probs
     from .selection import clean_posterior
     from .train import cross_val_linear_probs, softmax
 
@@ -518,6 +531,8 @@ def phase_score(state: RunState) -> None:
     state.emit({"phase": "score", "kind": "info", "views": names[:len(views)],
                 "trusted_views": [names[i] for i in sig.extra["views"]]})
     state.knn_agreement = sig.knn_probs[np.arange(len(labels)), labels]
+    # The class probabilities the suspicion and suggestions come from (interop's pred_probs).
+    state.ensemble_probs = suggestion_probs(sig)
     state.result = score_and_flag(sig, config.score, config.flag_rule)
     # metrics.json must describe samples.csv exactly, so both use the 6 decimals written there
     state.result["suspicion"] = np.round(state.result["suspicion"], 6)
@@ -555,13 +570,14 @@ def _metrics(state: RunState) -> dict:
 
 
 def phase_write(state: RunState) -> None:
-    """Writes gmm.json, probs.npy, cv_probs.npy, samples.csv, metrics.json, model.safetensors."""
+    """Writes gmm.json, probs.npy, cv_probs.npy, ensemble_probs.npy, samples.csv, metrics.json, model.safetensors."""
     from .scores import margin
 
     w, result, labels = state.writer, state.result, state.labels
     w.write_json("gmm.json", state.gmm_log)
     w.write_npy("probs.npy", state.probs.astype(np.float32))
     w.write_npy("cv_probs.npy", np.stack(state.cv_probs).astype(np.float32))
+    w.write_npy("ensemble_probs.npy", state.ensemble_probs.astype(np.float32))
     w.write_samples(paths=state.train.paths, classes=state.classes, given=labels,
                     predicted=state.probs.argmax(axis=1), suggested=result["suggested"],
                     suspicion=result["suspicion"], clean_prob=state.clean_prob, flagged=result["flagged"],

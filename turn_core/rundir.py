@@ -17,6 +17,7 @@ Layout (every file optional until the run reaches the step that writes it)::
       features_post.npy    float16 (N, D): features after FFT (TURN / CE-FFT only)
       probs.npy            float32 (N, K): final model's class probabilities
       cv_probs.npy         float32 (V, N, K): out-of-fold linear-probe probabilities per feature view
+      ensemble_probs.npy   float32 (N, K): the ensemble's class probabilities (suspicion = 1 − p[given])
       thumbs.npy           uint8 (N, T, T, 3): a thumbnail of every training image, row = sample
       model.safetensors    final weights
       skipped.csv          path,reason — files that could not be used
@@ -160,8 +161,8 @@ class RunWriter:
     # Files one run writes; a new run in the same folder removes the previous run's first so
     # nothing stale (events, features, review decisions of other samples) mixes in.
     RUN_FILES = ("events.jsonl", "samples.csv", "metrics.json", "gmm.json", "features_pre.npy",
-                 "features_post.npy", "probs.npy", "cv_probs.npy", "thumbs.npy", "model.safetensors", "skipped.csv",
-                 "run.log", "config.json")
+                 "features_post.npy", "probs.npy", "cv_probs.npy", "ensemble_probs.npy", "thumbs.npy",
+                 "model.safetensors", "skipped.csv", "run.log", "config.json")
 
     def reset(self) -> None:
         """Start the folder afresh for a new run (the caller checked no live run owns it).

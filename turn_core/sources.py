@@ -102,4 +102,18 @@ def resolve_source(kind: str, given: Any, runs_root: str | Path) -> str:
     return SOURCES[kind].resolve(given, Path(runs_root))
 
 
-__all__ = ["SOURCES", "UPLOADS", "Source", "manifest_or_folder", "new_upload_dir", "resolve_source"]
+def load_source(source: str | Path, *, classes: list[str] | None = None, image_column: str | None = None,
+                label_column: str | None = None, truth_column: str | None = None):
+    """A run's ``data`` string (``source``) → ``turn_core.data.Dataset``: a Hugging Face dataset (a
+    ``save_to_disk`` folder or ``hf://NAME[:split]``, see ``turn_core.hf``), else an image folder
+    or a CSV manifest (``turn_core.data.load_dataset``). ``classes`` fixes the class list (a
+    separate test set); the column names only apply to Hugging Face datasets."""
+    from . import data, hf
+
+    if hf.is_hf_source(source):
+        return hf.load_hf_dataset(source, image_column=image_column, label_column=label_column,
+                                  truth_column=truth_column, classes=classes)
+    return data.load_dataset(source, classes=classes)
+
+
+__all__ = ["SOURCES", "load_source", "UPLOADS", "Source", "manifest_or_folder", "new_upload_dir", "resolve_source"]

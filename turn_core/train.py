@@ -234,11 +234,11 @@ def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, 
             check(cancel)
             b = perm[s * batch_size:(s + 1) * batch_size]
             z = head(x[b])
-            l = gce_loss(z, y[b], q) if loss == "gce" else F.cross_entropy(z, y[b])
+            batch_loss = gce_loss(z, y[b], q) if loss == "gce" else F.cross_entropy(z, y[b])
             opt.zero_grad()
-            l.backward()
+            batch_loss.backward()
             opt.step()
-            total += l.item() * len(b)
+            total += batch_loss.item() * len(b)
         history.append(total / max(len(x), 1))
         if progress:
             progress({"phase": "lp", "kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": history[-1]})
