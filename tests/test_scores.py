@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 
 from turn_core.errors import InputError
-from turn_core.scores import (FLAG_RULES, SCORES, Signals, build_signals, knn_label_probs, margin,
-                              rank01, score_and_flag, select_views, suggestion_probs)
+from turn_core.scores import (
+    FLAG_RULES,
+    SCORES,
+    Signals,
+    build_signals,
+    knn_label_probs,
+    margin,
+    rank01,
+    score_and_flag,
+    select_views,
+    suggestion_probs,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ side and the benchmark can run each. Higher suspicion = more likely mislabeled, 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
