@@ -103,3 +103,15 @@ def test_the_floors_reject_broken_scores(demo_run):
               "flags inverted": (~flagged, suspicion)}
     passed = [name for name, (f, sc) in broken.items() if not floor_failures(y, f, sc)]
     assert not passed, f"the floor let these broken scores pass: {passed}"
+
+
+def test_signals_from_run_rebuilds_the_runs_scores(demo_run):
+    """The benchmark re-scores finished runs (scores.signals_from_run): from the run directory
+    alone it must reproduce what the pipeline wrote, or its comparisons describe another method."""
+    from turn_core.rundir import Run
+    from turn_core.scores import score_and_flag, signals_from_run
+
+    s = _samples(demo_run)
+    out = score_and_flag(signals_from_run(Run(demo_run)))
+    assert np.allclose(out["suspicion"], s["suspicion"], atol=1e-6)
+    assert np.array_equal(out["flagged"], s["flagged"])
