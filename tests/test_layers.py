@@ -63,7 +63,7 @@ def private_turn_core_names(tree: ast.AST) -> list[str]:
         if (isinstance(node, ast.Attribute) and _is_private(node.attr) and isinstance(node.value, ast.Name)
                 and node.value.id in modules):
             found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
-    return sorted(set(found), key=lambda s: int(s.split()[1].rstrip(":")))
+    return sorted(set(found), key=lambda s: (int(s.split()[1].rstrip(":")), s))
 
 
 def long_functions(tree: ast.AST, limit: int = MAX_FUNCTION_LINES) -> list[str]:
@@ -127,8 +127,10 @@ def test_private_turn_core_names_finds_every_form():
 
 
 def test_long_functions_counts_def_to_last_line():
-    body = "\n".join(f"    x{i} = {i}" for i in range(79))
-    ok = f"@decorator\ndef ok():\n{body}\n"               # def + 79 lines = 80
-    long = f"class C:\n    def m(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n        return 1\n"
+    def source(indent: str, n_body: int) -> str:
+        return "".join(f"{indent}    x{i} = {i}\n" for i in range(n_body))
+
+    ok = "@decorator\ndef ok():\n" + source("", 79)                  # def + 79 lines = 80
+    long = "class C:\n    def m(self):\n" + source("    ", 80)         # def + 80 lines = 81
     assert long_functions(ast.parse(ok)) == []
     assert long_functions(ast.parse(long)) == ["m (81 lines, line 2)"]
