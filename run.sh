@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #   ./run.sh app    start the workbench on the built-in demo (http://localhost:8501)
-#   ./run.sh test   run the whole test suite
+#   ./run.sh test   check the layers (lint-imports) and lint (ruff), then run the whole test suite
 #   ./run.sh demo   run TURN on the demo from the command line
 # Each creates .venv in the repo root when missing and installs what it needs first.
 set -euo pipefail
@@ -41,6 +41,12 @@ case "$cmd" in
   test)
     install_python_deps requirements-dev.txt
     install_chromium
+    # The import contracts and the lint are part of the tests (settings in pyproject.toml):
+    # a layer broken or a lint error fails before any test runs.
+    echo "== lint-imports (layer contract, pyproject.toml)"
+    "$VENV/bin/lint-imports"
+    echo "== ruff check ."
+    "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest -q "$@" ;;
   demo)
     install_python_deps requirements.txt

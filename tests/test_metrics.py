@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from turn_core.metrics import auroc, detection_metrics, precision_recall_at
+from turn_core.metrics import accuracy, auroc, detection_metrics, precision_recall_at
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +42,9 @@ def test_auroc_ties_count_half_and_single_class_is_nan():
 def test_precision_recall_at_threshold():
     m = precision_recall_at([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.1], 0.5)
     assert (m["precision"], m["recall"], m["n_flagged"]) == (0.5, 0.5, 2)
+
+
+def test_accuracy_hand_values_and_empty_is_nan():
+    assert accuracy([1, 2, 3], [1, 0, 3]) == pytest.approx(2 / 3)
+    assert accuracy(np.array([0, 0]), np.array([1, 1])) == 0.0
+    assert np.isnan(accuracy([], []))

@@ -1,4 +1,4 @@
-"""k-NN vote, margin, rank01, suspicion scores and flag rules (turn_core.scores)."""
+"""k-NN vote, margin, feature views, the ensemble, suspicion scores and flag rules (turn_core.scores)."""
 from __future__ import annotations
 
 import itertools
@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 
 from turn_core.errors import InputError
-from turn_core.scores import (FLAG_RULES, SCORES, Signals, build_signals, knn_label_probs, margin,
-                              rank01, score_and_flag, select_views, suggestion_probs)
+from turn_core.scores import (
+    FLAG_RULES,
+    SCORES,
+    Signals,
+    build_signals,
+    knn_label_probs,
+    margin,
+    normalise_rows,
+    score_and_flag,
+    select_views,
+    suggestion_probs,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -58,17 +68,17 @@ def test_knn_label_probs_k_capped_by_n():
     assert np.allclose(probs, [[0, 1], [0.5, 0.5], [0.5, 0.5]])
 
 
-# --------------------------------------------------------------------------- margin, rank01
+# ------------------------------------------------------------------- margin, normalise_rows
 def test_margin_hand_values():
     p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.5, 0.0]])
     assert np.allclose(margin(p, np.array([0, 0, 1])), [0.5, -0.5, 0.0])
 
 
-def test_rank01_hand_values():
-    assert np.allclose(rank01(np.array([10.0, -1.0, 3.0])), [1.0, 0.0, 0.5])
-    assert np.allclose(rank01(np.array([1.0, 2.0, 2.0, 5.0])), [0.0, 0.5, 0.5, 1.0])  # ties averaged
-    assert rank01(np.array([4.2])).tolist() == [0.0]
-    assert rank01(np.array([])).shape == (0,)
+def test_normalise_rows_unit_length_and_zero_rows_stay_zero():
+    f = np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])
+    out = normalise_rows(f)
+    assert out.dtype == np.float32
+    assert np.allclose(out, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
 
 
 # --------------------------------------------------------------------------------- scores
@@ -165,3 +175,26 @@ def test_select_views_keeps_pretrained_and_drops_a_damaged_fine_tuned_view():
 def test_score_and_flag_unknown_name(kw):
     with pytest.raises(InputError, match="nope"):
         score_and_flag(_signals(), **kw)
+
+
+def test_confident_learning_flags_the_planted_errors_only():
+    # 60 samples, 3 classes; the ensemble is sure of the true class; 6 given labels are wrong
+    rng = np.random.default_rng(11)
+    truth = np.repeat(np.arange(3), 20)
+    labels = truth.copy()
+    wrong = rng.choice(60, 6, replace=False)
+    labels[wrong] = (truth[wrong] + 1) % 3
+    sure = np.full((60, 3), 0.05)
+    sure[np.arange(60), truth] = 0.9
+    s = Signals(labels=labels, probs=sure, clean_prob=np.ones(60), losses=np.zeros((1, 60)), knn_probs=sure,
+                cv_probs=sure)
+    out = score_and_flag(s, "ensemble", "confident-learning")
+    assert set(np.flatnonzero(out["flagged"])) == set(wrong)
+    assert np.array_equal(out["suggested"][wrong], truth[wrong])
+
+
+def test_registries_hold_the_documented_names():
+    # settings.check_names, the CLI and the benchmark address these by name
+    assert {"paper", "ensemble"} <= SCORES.keys()
+    assert {"paper", "ensemble", "confident-learning"} <= FLAG_RULES.keys()
+    assert all(callable(f) for f in [*SCORES.values(), *FLAG_RULES.values()])

@@ -17,5 +17,5 @@ def run(config, progress=None, cancel=None):
     return _run(config, progress=progress, cancel=cancel)
 
 
-__all__ = ["RunConfig", "METHODS", "Run", "list_runs", "read_status", "run", "InputError",
-           "Cancelled", "TurnAuditError", "__version__"]
+__all__ = ["METHODS", "Cancelled", "InputError", "Run", "RunConfig", "TurnAuditError", "__version__", "list_runs",
+           "read_status", "run"]

@@ -42,5 +42,6 @@ def precision_recall_at(is_noisy, suspicion, threshold: float) -> dict:
 
 
 def accuracy(pred, truth) -> float:
+    """Share of ``pred`` (N,) equal to ``truth`` (N,); NaN when N = 0."""
     pred, truth = np.asarray(pred), np.asarray(truth)
     return float(np.mean(pred == truth)) if truth.size else float("nan")

@@ -9,7 +9,7 @@ FFT ``tau``, ``clean_per_class``, ``n_train``; timing events add ``seconds``.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import Cancelled
 

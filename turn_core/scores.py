@@ -1,43 +1,23 @@
 """Suspicion scores, flag rules and suggested labels, as plain functions over arrays.
 
-Inputs are collected in a ``Signals`` bundle once per run; every score and flag rule is a
-function registered by name (``SCORES``, ``FLAG_RULES``) so the paper's rule and ours sit side by
-side and the benchmark can run each. Higher suspicion = more likely mislabeled, in [0, 1].
+Read top to bottom, in the order a run uses them: the neighbour vote and the margin (array
+helpers); the ``Signals`` bundle a run collects once (``build_signals``: which feature views to
+trust, their out-of-fold probabilities and neighbour votes); the ensemble built from it
+(``suggestion_probs``); the scores and flag rules, each a function registered by name
+(``SCORES``, ``FLAG_RULES``) so the paper's rule and ours sit side by side and the benchmark can
+run each; and ``score_and_flag``, which applies the named pair. Higher suspicion = more likely
+mislabeled, in [0, 1].
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from .errors import InputError
 
-@dataclass
-class Signals:
-    """Everything a score may look at. N samples, K classes, D feature dims."""
-
-    labels: np.ndarray                 # (N,) given labels
-    probs: np.ndarray                  # (N, K) final model's softmax
-    clean_prob: np.ndarray             # (N,) paper's GMM clean posterior on the final losses
-    losses: np.ndarray                 # (E, N) per-sample CE after LP and after each FFT epoch
-    knn_probs: np.ndarray              # (N, K) label distribution of the k nearest neighbours
-    tau: float = 0.5
-    cv_probs: np.ndarray | None = None  # (N, K) out-of-fold linear-probe probabilities
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def n_classes(self) -> int:
-        return self.probs.shape[1]
-
-
-def rank01(x: np.ndarray) -> np.ndarray:
-    """Ranks scaled to [0, 1] (ties averaged): puts signals of any scale on one footing."""
-    from scipy.stats import rankdata
-
-    x = np.asarray(x, dtype=np.float64)
-    if x.size < 2:
-        return np.zeros_like(x)
-    return (rankdata(x) - 1) / (x.size - 1)
+# -------------------------------------------------------------------- neighbours and margins
 
 
 def normalise_rows(features: np.ndarray) -> np.ndarray:
@@ -69,131 +49,34 @@ def knn_label_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, k:
     return probs, nbrs
 
 
-def _p_given(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return p[np.arange(len(labels)), labels]
-
-
 def margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """p(given) − max p(other class), in [−1, 1]."""
     p = np.asarray(probs, dtype=np.float64)
-    given = _p_given(p, labels)
+    given = p[np.arange(len(labels)), labels]
     other = p.copy()
     other[np.arange(len(labels)), labels] = -np.inf
     return given - other.max(axis=1)
 
 
-# ------------------------------------------------------------------------------------- scores
-SCORES: dict[str, Callable[[Signals], np.ndarray]] = {}
+# ----------------------------------------------------------------------------------- signals
 
 
-def register_score(name: str):
-    def deco(fn):
-        SCORES[name] = fn
-        return fn
-    return deco
+@dataclass
+class Signals:
+    """Everything a score may look at. N samples, K classes, D feature dims."""
 
+    labels: np.ndarray                 # (N,) given labels
+    probs: np.ndarray                  # (N, K) final model's softmax
+    clean_prob: np.ndarray             # (N,) paper's GMM clean posterior on the final losses
+    losses: np.ndarray                 # (E, N) per-sample CE after LP and after each FFT epoch
+    knn_probs: np.ndarray              # (N, K) label distribution of the k nearest neighbours
+    tau: float = 0.5
+    cv_probs: np.ndarray | None = None  # (N, K) out-of-fold linear-probe probabilities
+    extra: dict = field(default_factory=dict)
 
-@register_score("paper")
-def score_paper(s: Signals) -> np.ndarray:
-    """1 − the paper's GMM clean posterior on the final per-sample CE loss."""
-    return 1.0 - s.clean_prob
-
-
-@register_score("ensemble")
-def score_ensemble(s: Signals) -> np.ndarray:
-    """1 − the ensemble's probability of the given label (see ``suggestion_probs``)."""
-    p = suggestion_probs(s)
-    return 1.0 - p[np.arange(len(s.labels)), s.labels]
-
-
-# --------------------------------------------------------------------------------- flag rules
-FLAG_RULES: dict[str, Callable[[Signals, np.ndarray], np.ndarray]] = {}
-
-
-def register_flag_rule(name: str):
-    def deco(fn):
-        FLAG_RULES[name] = fn
-        return fn
-    return deco
-
-
-@register_flag_rule("paper")
-def flag_paper(s: Signals, suspicion: np.ndarray) -> np.ndarray:
-    """Flag where the clean posterior falls below τ (the samples TURN would not train on)."""
-    return s.clean_prob < s.tau
-
-
-@register_flag_rule("ensemble")
-def flag_ensemble(s: Signals, suspicion: np.ndarray) -> np.ndarray:
-    """Flag where the ensemble's most probable class is not the given label (cleanlab calls
-    this filter ``predicted_neq_given``).
-
-    Measured (BENCHMARKS.md, 4 settings): with the five-view ensemble this is the only rule
-    tried that beat both peers on F1 in every setting, asymmetric 0.4 included, where the GMM
-    rule flags a fifth of the errors and confident learning fell 0.01 short of the k-NN vote.
-    It trades precision for recall on low noise; "confident-learning" is the precise choice.
-    """
-    p = suggestion_probs(s)
-    return p.argmax(axis=1) != s.labels
-
-
-@register_flag_rule("confident-learning")
-def flag_confident_learning(s: Signals, suspicion: np.ndarray) -> np.ndarray:
-    """Confident learning (cleanlab ``find_label_issues``, prune by noise rate) on the ensemble's
-    probabilities: it estimates how many labels each class pair has swapped and flags that many
-    of the least likely. Higher precision than "ensemble" on low noise (aggre: 0.39 vs 0.30),
-    lower recall on asymmetric noise (BENCHMARKS.md).
-    """
-    p = suggestion_probs(s)
-    try:
-        from cleanlab.filter import find_label_issues
-    except ImportError:  # cleanlab is in requirements.txt; keep a rule that needs nothing
-        return p.argmax(axis=1) != s.labels
-    return np.asarray(find_label_issues(s.labels, p), dtype=bool)
-
-
-def suggestion_probs(s: Signals) -> np.ndarray:
-    """The ensemble's class probabilities (N, K): the mean of views that err differently.
-
-    Per trusted feature view (pretrained, and fine-tuned when FFT did not damage it; see
-    ``select_views``): the out-of-fold linear probe (GCE, Phase I's recipe — it never saw the
-    sample's own label) and the label vote of the k nearest neighbours. Plus TURN's final
-    model when the fine-tuned view is trusted: FFT trained it on the clean set only, so it did
-    not learn most wrong labels. All members weigh the same. Falls back to the final model's
-    softmax where no probe exists.
-    """
-    n_views = len(s.extra.get("views", [0]))
-    cv = s.cv_probs if s.cv_probs is not None else s.probs
-    members = [(cv, n_views), (s.knn_probs, n_views)]
-    if s.extra.get("final_model_in_ensemble"):
-        members.append((s.probs, 1))
-    total = sum(w for _, w in members)
-    return sum(p * w for p, w in members) / total
-
-
-def suggest_labels(s: Signals, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Suggested label (N,) — the best other class for flagged samples, the given one otherwise —
-    and the confidence (N,) of that suggestion."""
-    p = suggestion_probs(s)
-    other = p.copy()
-    other[np.arange(len(s.labels)), s.labels] = -np.inf
-    best_other = other.argmax(axis=1)
-    suggested = np.where(flagged, best_other, s.labels)
-    return suggested, p[np.arange(len(suggested)), suggested]
-
-
-def score_and_flag(s: Signals, score: str = "ensemble", flag_rule: str = "ensemble") -> dict:
-    """Apply the named score and flag rule; return suspicion, flagged, suggested, confidence."""
-    from .errors import InputError
-
-    if score not in SCORES:
-        raise InputError(f"score {score!r} is not one of {', '.join(SCORES)}")
-    if flag_rule not in FLAG_RULES:
-        raise InputError(f"flag_rule {flag_rule!r} is not one of {', '.join(FLAG_RULES)}")
-    suspicion = np.clip(SCORES[score](s), 0.0, 1.0)
-    flagged = FLAG_RULES[flag_rule](s, suspicion).astype(bool)
-    suggested, confidence = suggest_labels(s, flagged)
-    return {"suspicion": suspicion, "flagged": flagged, "suggested": suggested, "confidence": confidence}
+    @property
+    def n_classes(self) -> int:
+        return self.probs.shape[1]
 
 
 def select_views(cv_probs: list[np.ndarray], labels: np.ndarray, tolerance: float = 0.005) -> list[int]:
@@ -240,3 +123,123 @@ def signals_from_run(run) -> Signals:
     cv = list(np.load(run.dir / "cv_probs.npy"))
     return build_signals(labels, np.load(run.dir / "probs.npy"), s["clean_prob"].to_numpy(), losses, feats[:len(cv)],
                          cv, knn_k=run.settings.get("knn_k", 10), tau=run.settings.get("tau", 0.5))
+
+
+# ------------------------------------------------------------------------------ the ensemble
+
+
+def suggestion_probs(s: Signals) -> np.ndarray:
+    """The ensemble's class probabilities (N, K): the mean of views that err differently.
+
+    Per trusted feature view (pretrained, and fine-tuned when FFT did not damage it; see
+    ``select_views``): the out-of-fold linear probe (GCE, Phase I's recipe — it never saw the
+    sample's own label) and the label vote of the k nearest neighbours. Plus TURN's final
+    model when the fine-tuned view is trusted: FFT trained it on the clean set only, so it did
+    not learn most wrong labels. All members weigh the same. Falls back to the final model's
+    softmax where no probe exists.
+    """
+    n_views = len(s.extra.get("views", [0]))
+    cv = s.cv_probs if s.cv_probs is not None else s.probs
+    members = [(cv, n_views), (s.knn_probs, n_views)]
+    if s.extra.get("final_model_in_ensemble"):
+        members.append((s.probs, 1))
+    total = sum(w for _, w in members)
+    return sum(p * w for p, w in members) / total
+
+
+def suggest_labels(s: Signals, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Suggested label (N,) — the best other class for flagged samples, the given one otherwise —
+    and the confidence (N,) of that suggestion."""
+    p = suggestion_probs(s)
+    other = p.copy()
+    other[np.arange(len(s.labels)), s.labels] = -np.inf
+    best_other = other.argmax(axis=1)
+    suggested = np.where(flagged, best_other, s.labels)
+    return suggested, p[np.arange(len(suggested)), suggested]
+
+
+# ------------------------------------------------------------------------------------ scores
+SCORES: dict[str, Callable[[Signals], np.ndarray]] = {}
+
+
+def register_score(name: str):
+    """Decorator: add a score ``fn(signals) -> (N,) suspicion`` to ``SCORES`` under ``name``."""
+    def deco(fn):
+        SCORES[name] = fn
+        return fn
+    return deco
+
+
+@register_score("paper")
+def score_paper(s: Signals) -> np.ndarray:
+    """1 − the paper's GMM clean posterior on the final per-sample CE loss."""
+    return 1.0 - s.clean_prob
+
+
+@register_score("ensemble")
+def score_ensemble(s: Signals) -> np.ndarray:
+    """1 − the ensemble's probability of the given label (see ``suggestion_probs``)."""
+    p = suggestion_probs(s)
+    return 1.0 - p[np.arange(len(s.labels)), s.labels]
+
+
+# -------------------------------------------------------------------------------- flag rules
+FLAG_RULES: dict[str, Callable[[Signals, np.ndarray], np.ndarray]] = {}
+
+
+def register_flag_rule(name: str):
+    """Decorator: add a rule ``fn(signals, suspicion) -> (N,) bool`` to ``FLAG_RULES`` under ``name``."""
+    def deco(fn):
+        FLAG_RULES[name] = fn
+        return fn
+    return deco
+
+
+@register_flag_rule("paper")
+def flag_paper(s: Signals, suspicion: np.ndarray) -> np.ndarray:
+    """Flag where the clean posterior falls below τ (the samples TURN would not train on)."""
+    return s.clean_prob < s.tau
+
+
+@register_flag_rule("ensemble")
+def flag_ensemble(s: Signals, suspicion: np.ndarray) -> np.ndarray:
+    """Flag where the ensemble's most probable class is not the given label (cleanlab calls
+    this filter ``predicted_neq_given``).
+
+    Measured (BENCHMARKS.md, 4 settings): with the five-view ensemble this is the only rule
+    tried that beat both peers on F1 in every setting, asymmetric 0.4 included, where the GMM
+    rule flags a fifth of the errors and confident learning fell 0.01 short of the k-NN vote.
+    It trades precision for recall on low noise; "confident-learning" is the precise choice.
+    """
+    p = suggestion_probs(s)
+    return p.argmax(axis=1) != s.labels
+
+
+@register_flag_rule("confident-learning")
+def flag_confident_learning(s: Signals, suspicion: np.ndarray) -> np.ndarray:
+    """Confident learning (cleanlab ``find_label_issues``, prune by noise rate) on the ensemble's
+    probabilities: it estimates how many labels each class pair has swapped and flags that many
+    of the least likely. Higher precision than "ensemble" on low noise (aggre: 0.39 vs 0.30),
+    lower recall on asymmetric noise (BENCHMARKS.md).
+    """
+    p = suggestion_probs(s)
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:  # cleanlab is in requirements.txt; keep a rule that needs nothing
+        return p.argmax(axis=1) != s.labels
+    return np.asarray(find_label_issues(s.labels, p), dtype=bool)
+
+
+# ---------------------------------------------------------- applying a score and a flag rule
+
+
+def score_and_flag(s: Signals, score: str = "ensemble", flag_rule: str = "ensemble") -> dict:
+    """Apply the named score and flag rule; return suspicion, flagged, suggested, confidence."""
+    if score not in SCORES:
+        raise InputError(f"score {score!r} is not one of {', '.join(SCORES)}")
+    if flag_rule not in FLAG_RULES:
+        raise InputError(f"flag_rule {flag_rule!r} is not one of {', '.join(FLAG_RULES)}")
+    suspicion = np.clip(SCORES[score](s), 0.0, 1.0)
+    flagged = FLAG_RULES[flag_rule](s, suspicion).astype(bool)
+    suggested, confidence = suggest_labels(s, flagged)
+    return {"suspicion": suspicion, "flagged": flagged, "suggested": suggested, "confidence": confidence}
