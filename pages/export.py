@@ -84,7 +84,7 @@ with right:
     except Exception as e:  # noqa: BLE001
         st.caption(f"Not available: {e}")
     if out is None:
-        st.caption("Needs the true labels (the demo, or a manifest with a clean_label column).")
+        st.caption("Needs the true labels (the demo, or a manifest with a true_label column).")
     else:
         m = st.columns(3)
         m[0].metric("Errors fixed", out["errors_fixed"])

@@ -96,8 +96,8 @@ def corrected_labels(run_dir: str | Path | Run) -> pd.DataFrame:
 
 
 def clean_manifest(run_dir: str | Path | Run) -> pd.DataFrame:
-    """The training set after review, as a manifest: columns ``path,label`` (+ ``clean_label``,
-    the manifest's truth column that ``turn_core.data`` reads, when the run knew the truth). Excluded images are dropped; unreviewed images keep their
+    """The training set after review, as a manifest: columns ``path,label`` (+ ``true_label``
+    when the run knew the truth). Excluded images are dropped; unreviewed images keep their
     given label; reviewed ones get their final label. ``path`` is as in samples.csv (relative
     to the dataset root)."""
     run = _run(run_dir)
@@ -105,7 +105,7 @@ def clean_manifest(run_dir: str | Path | Run) -> pd.DataFrame:
     out = pd.DataFrame({"path": corrected["path"], "label": corrected["final_label"]})
     truth = _truth(run)
     if truth is not None:
-        out["clean_label"] = truth
+        out["true_label"] = truth
     return out[corrected["decision"] != "exclude"].reset_index(drop=True)
 
 
