@@ -9,7 +9,6 @@ shared helpers are in ``pages/_shared.py``. The one background job registry is p
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import streamlit as st
@@ -19,6 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pages import _shared as sh  # noqa: E402
+from pages import _state as keys  # noqa: E402
 from turn_core.rundir import list_runs  # noqa: E402
 
 st.set_page_config(page_title="TURN Audit", page_icon=":material/troubleshoot:", layout="wide")
@@ -30,52 +30,40 @@ runs = list_runs(sh.runs_root())
 names = [r.name for r in runs]
 by_name = {r.name: r for r in runs}
 
-pending = st.session_state.pop("_pending_run", None)
-if pending and pending not in by_name:
-    # A run just started: its thread creates the folder within moments.
-    for _ in range(30):
-        if (sh.runs_root() / pending / "status.json").exists():
-            runs = list_runs(sh.runs_root())
-            names = [r.name for r in runs]
-            by_name = {r.name: r for r in runs}
-            break
-        time.sleep(0.1)
-    else:
-        st.session_state["_pending_run"] = pending  # try again on the next rerun
+# A page asked for a run (one it just started: JobRegistry.start wrote its status.json before
+# returning, so it is listed already; "" selects none).
+pending = st.session_state.pop(keys.PENDING_RUN, None)
 if pending is not None and (pending in by_name or pending == ""):
-    st.session_state["run"] = pending or None
-elif "run" not in st.session_state or st.session_state.get("run") not in by_name:
+    st.session_state[keys.RUN] = pending or None
+elif st.session_state.get(keys.RUN) not in by_name:
     q = st.query_params.get("run")
-    if q in by_name:
-        st.session_state["run"] = q
-    elif st.session_state.get("run") not in by_name:
-        st.session_state["run"] = names[0] if names else None
+    st.session_state[keys.RUN] = q if q in by_name else (names[0] if names else None)
 
 with st.sidebar:
     st.markdown("### :material/troubleshoot: TURN Audit")
     if names:
-        st.selectbox("Run", names, key="run",
+        st.selectbox("Run", names, key=keys.RUN,
                      format_func=lambda n: f"{n} · {by_name[n].state}",
                      help="Every run under the runs folder, newest first. "
                           "Runs started from the CLI appear here too.")
     else:
         st.caption("No runs yet.")
-    if "_reviewer_w" not in st.session_state:
-        st.session_state["_reviewer_w"] = st.session_state.get("reviewer", "")
+    if keys.REVIEWER_WIDGET not in st.session_state:
+        st.session_state[keys.REVIEWER_WIDGET] = st.session_state.get(keys.REVIEWER, "")
 
     def _keep_reviewer() -> None:
-        st.session_state["reviewer"] = st.session_state["_reviewer_w"].strip()
+        st.session_state[keys.REVIEWER] = st.session_state[keys.REVIEWER_WIDGET].strip()
 
-    st.text_input("Reviewer name", key="_reviewer_w", placeholder="anonymous", on_change=_keep_reviewer,
+    st.text_input("Reviewer name", key=keys.REVIEWER_WIDGET, placeholder="anonymous", on_change=_keep_reviewer,
                   help="Stored with every review decision.")
     job = sh.current_job_snapshot()
     if job and job.get("state") == "running":
         st.info(f"Training: {Path(str(job.get('run_dir', ''))).name}")
     st.caption(f"Runs folder: `{sh.runs_root()}`")
 
-if st.session_state.get("run"):
-    if st.query_params.get("run") != st.session_state["run"]:
-        st.query_params["run"] = st.session_state["run"]
+if st.session_state.get(keys.RUN):
+    if st.query_params.get("run") != st.session_state[keys.RUN]:
+        st.query_params["run"] = st.session_state[keys.RUN]
 elif "run" in st.query_params:
     del st.query_params["run"]
 

@@ -1,8 +1,9 @@
 """Shared UI helpers of the workbench (not a page: app.py does not register it).
 
-Holds the process-wide job registry (``st.cache_resource``), the runs root, the selected run,
-cached readers of the run directory and small widgets every page uses. No algorithm code:
-derived data comes from ``turn_core.views`` / ``turn_core.projections``.
+Holds the process-wide job registry (``st.cache_resource``: the app's one registry), the runs
+root, the selected run, cached readers of the run directory and small widgets every page uses.
+No algorithm code: derived data comes from ``turn_core.views`` / ``turn_core.projections``;
+session-state keys come from ``pages/_state.py``.
 """
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ from typing import Any
 
 import streamlit as st
 
+from pages import _state as keys
 from turn_core import views
-from turn_core.rundir import Run, list_runs
+from turn_core.errors import InputError
+from turn_core.jobs import JobRegistry, recover_interrupted
+from turn_core.review import ReviewStore
+from turn_core.rundir import STATES, Run
 
 # Streamlit treats a folder named pages/ next to the main script as a v1 multipage app until the
 # first st.navigation call in the process: a first visit straight to /review would then run
@@ -31,9 +36,12 @@ except ImportError:  # pragma: no cover - other Streamlit versions
 
 RUNS_ENV = "TURN_AUDIT_RUNS"
 DEFAULTS_ENV = "TURN_AUDIT_DEFAULTS"
-STATE_ICONS = {"running": ":green[:material/play_circle:]", "finished": ":green[:material/check_circle:]",
-               "failed": ":red[:material/error:]", "cancelled": ":gray[:material/stop_circle:]",
-               "interrupted": ":orange[:material/warning:]", "incomplete": ":gray[:material/help:]"}
+_ICONS = {"running": ":green[:material/play_circle:]", "finished": ":green[:material/check_circle:]",
+          "failed": ":red[:material/error:]", "cancelled": ":gray[:material/stop_circle:]",
+          "interrupted": ":orange[:material/warning:]", "incomplete": ":gray[:material/help:]"}
+# One icon per run state rundir knows, plus "incomplete" (status.json unreadable, as read_status
+# reports it): a state added there without an icon here fails at import, not on screen.
+STATE_ICONS = {state: _ICONS[state] for state in (*STATES, "incomplete")}
 
 
 # --------------------------------------------------------------------------- process-wide state
@@ -47,34 +55,14 @@ def runs_root() -> Path:
 
 
 @st.cache_resource(show_spinner=False)
-def _registry():
-    try:
-        from turn_core.jobs import JobRegistry
-    except ImportError:
-        return None
+def registry() -> JobRegistry:
+    """The one JobRegistry of this server process (kept across reruns, sessions and tabs)."""
     return JobRegistry()
-
-
-def registry():
-    """The one JobRegistry of this server process (None while turn_core.jobs is missing)."""
-    try:
-        return _registry()
-    except Exception:  # noqa: BLE001 - a broken registry must not take every page down
-        return None
 
 
 @st.cache_resource(show_spinner=False)
 def _recovered(root: str) -> float:
     """Mark runs left 'running' by a dead process as interrupted, once per server and root."""
-    try:
-        from turn_core.jobs import recover_interrupted
-    except ImportError:
-        from turn_core.rundir import mark_interrupted_if_dead
-
-        for r in list_runs(root):
-            if r.state in ("running", "interrupted"):
-                mark_interrupted_if_dead(r.dir)
-        return time.time()
     recover_interrupted(root)
     return time.time()
 
@@ -82,19 +70,14 @@ def _recovered(root: str) -> float:
 def startup() -> None:
     try:
         _recovered(str(runs_root()))
-    except Exception as e:  # noqa: BLE001
+    except OSError as e:
         st.sidebar.warning(f"Could not check for interrupted runs: {e}")
 
 
 def current_job_snapshot() -> dict | None:
-    reg = registry()
-    if reg is None:
-        return None
-    try:
-        job = reg.current()
-        return job.snapshot() if job is not None else None
-    except Exception:  # noqa: BLE001
-        return None
+    """The running (or last) job of this server as ``Job.snapshot()``; None before any."""
+    job = registry().current()
+    return job.snapshot() if job is not None else None
 
 
 def defaults() -> dict[str, Any]:
@@ -112,11 +95,11 @@ def defaults() -> dict[str, Any]:
 # --------------------------------------------------------------------------- selected run
 def select_run(name: str | None) -> None:
     """Ask the frame to select run ``name`` on the next rerun (pages run after the picker)."""
-    st.session_state["_pending_run"] = name
+    st.session_state[keys.PENDING_RUN] = name
 
 
 def run_dir() -> Path | None:
-    name = st.session_state.get("run")
+    name = st.session_state.get(keys.RUN)
     if not name:
         return None
     d = runs_root() / name
@@ -191,37 +174,30 @@ def thumb_png(run: Run, index: int, min_side: int = 96) -> bytes | None:
     return _thumb_png(str(run.dir), int(index), file_stamp(run.dir / "thumbs.npy"), min_side)
 
 
-def review_store(run: Run):
-    """ReviewStore of the run (None with a message when turn_core.review is missing)."""
-    try:
-        from turn_core.review import ReviewStore
-    except ImportError:
-        st.warning("Review storage is not available in this build (turn_core.review missing).")
-        return None
+def review_store(run: Run) -> ReviewStore:
     return ReviewStore(run.dir)
 
 
-def decisions(store) -> dict:
-    if store is None:
-        return {}
+def decisions(store: ReviewStore) -> dict:
+    """The effective decisions (index → Decision); {} with a message when they are unreadable."""
     try:
         return store.latest()
-    except Exception as e:  # noqa: BLE001
+    except InputError as e:  # a locked or broken review.sqlite: show the page without them
         st.error(f"Cannot read review decisions: {e}")
         return {}
 
 
-def reviewed_banner(run: Run, df, store, cutoff: float | None) -> None:
-    """'N of M reviewed' for the current queue (always visible on review pages)."""
-    dec = decisions(store)
-    q = views.review_queue(df, cutoff=cutoff, decisions=dec)
-    n_rev = int((q["decision"] != "").sum()) if len(q) else 0
-    st.markdown(f"**{n_rev} of {len(q)} suspects reviewed** · {len(dec)} decisions in total")
+def flash(message_key: str, show) -> None:
+    """Show (with ``show``, e.g. st.toast) and forget the message a callback left under
+    ``message_key``: callbacks run before the page, so they cannot draw it themselves."""
+    msg = st.session_state.pop(message_key, None)
+    if msg:
+        show(msg)
 
 
 def cutoff_for(run: Run, df) -> float:
     """The user's suspicion cut-off for this run (Loss page), else the run's own flag count."""
-    key = f"cutoff::{run.dir.name}"
+    key = keys.cutoff(run.dir.name)
     if key not in st.session_state:
         st.session_state[key] = views.default_cutoff(df)
     return float(st.session_state[key])
@@ -242,7 +218,7 @@ def run_header(run: Run) -> dict:
 
 
 def reviewer_name() -> str:
-    return st.session_state.get("reviewer") or "anonymous"
+    return st.session_state.get(keys.REVIEWER) or "anonymous"
 
 
 def page_preamble(title: str, empty_message: str | None = None):

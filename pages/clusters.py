@@ -5,7 +5,10 @@ import plotly.express as px
 import streamlit as st
 
 from pages import _shared as sh
+from pages import _state as keys
 from turn_core import views
+from turn_core.projections import PROJECTIONS, cached, projection
+from turn_core.review import record_decision
 
 run, df = sh.page_preamble("Feature clusters")
 if run.features("pre") is None:
@@ -15,13 +18,13 @@ if run.features("pre") is None:
 name = run.dir.name
 truth = views.has_truth(df)
 c1, c2, c3 = st.columns([2, 3, 3])
-method = c1.radio("Projection", ["tsne", "umap"], key="cl_method", horizontal=True,
-                  format_func={"tsne": "t-SNE", "umap": "UMAP"}.get)
+kind = c1.radio("Projection", list(PROJECTIONS), key="cl_method", horizontal=True,
+                format_func=PROJECTIONS.get)
 colour_opts = {"given_label": "given label", "predicted_label": "predicted label", "flagged": "flagged",
                "suggested_label": "suggested label"}
 if truth:
     colour_opts["truth"] = "truly noisy / clean"
-    colour_opts["clean_label"] = "true label"
+    colour_opts[views.TRUE_LABEL] = "true label"
 colour = c2.selectbox("Colour by", list(colour_opts), format_func=colour_opts.get, key="cl_colour")
 n = len(df)
 if n > 500:
@@ -40,13 +43,16 @@ plot_df = df.copy()
 plot_df["flagged"] = plot_df["flagged"].map({1: "flagged", 0: "kept"}).fillna("kept")
 if truth:
     plot_df["truth"] = ["noisy" if v else "clean" for v in views.truth_mask(df)]
+    true_labels = views.true_labels(df)
+    if true_labels is not None:  # runs written before the rename call the column clean_label
+        plot_df[views.TRUE_LABEL] = true_labels
+    else:
+        colour_opts.pop(views.TRUE_LABEL)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def get_projection(run_dir: str, which: str, method: str, max_points: int, stamp: float):
-    from turn_core.projections import projection
-
-    return projection(run_dir, which=which, method=method, max_points=max_points, seed=0)
+def get_projection(run_dir: str, which: str, kind: str, max_points: int, stamp: float):
+    return projection(run_dir, which=which, kind=kind, max_points=max_points, seed=0)
 
 
 selected: list[int] = []
@@ -58,14 +64,12 @@ for col, which, title in ((cols[0], "pre", "Before fine-tuning (pretrained)"),
         if run.features(which) is None:
             st.caption("Not available: this method does not fine-tune the backbone.")
             continue
-        from turn_core.projections import cached
-
-        hit = cached(run.dir, which, method, max_points, 0)
+        hit = cached(run.dir, which, kind, max_points, 0)
         try:
             if hit is None:
-                with st.spinner(f"Computing {method.upper()} of {min(n, max_points)} points "
+                with st.spinner(f"Computing {PROJECTIONS[kind]} of {min(n, max_points)} points "
                                 f"(once per run; UMAP's first fit compiles for ~15 s)…"):
-                    idx, xy = get_projection(str(run.dir), which, method, max_points,
+                    idx, xy = get_projection(str(run.dir), which, kind, max_points,
                                              sh.file_stamp(run.dir / f"features_{which}.npy"))
             else:
                 idx, xy = hit
@@ -83,7 +87,7 @@ for col, which, title in ((cols[0], "pre", "Before fine-tuning (pretrained)"),
                           legend=dict(orientation="h", y=-0.05), dragmode="select")
         fig.update_xaxes(showticklabels=False)
         fig.update_yaxes(showticklabels=False)
-        ev = st.plotly_chart(fig, width="stretch", key=f"cl_{which}_{method}_{name}", on_select="rerun",
+        ev = st.plotly_chart(fig, width="stretch", key=f"cl_{which}_{kind}_{name}", on_select="rerun",
                              selection_mode=("points", "box", "lasso"))
         try:
             pts = ev.selection.points if ev is not None else []
@@ -101,6 +105,16 @@ if not selected:
 selected = list(dict.fromkeys(selected))
 st.subheader(f"Selected: {len(selected)} image{'s' if len(selected) != 1 else ''}")
 store = sh.review_store(run)
+
+
+def _decide(index: int, decision: str, given: str, suggested: str) -> None:
+    done = record_decision(store, index, decision, given=given, suggested=suggested,
+                           reviewer=sh.reviewer_name())
+    st.session_state[keys.REVIEW_TOAST if done.ok else keys.REVIEW_ERROR] = done.message
+
+
+sh.flash(keys.REVIEW_TOAST, st.toast)
+sh.flash(keys.REVIEW_ERROR, st.error)
 dec = sh.decisions(store)
 by_index = df.set_index("index", drop=False)
 for i in selected[:12]:
@@ -114,16 +128,10 @@ for i in selected[:12]:
     d = dec.get(i)
     if d is not None:
         b.caption(f"Decision: {d.decision}" + (f" → {d.final_label}" if d.final_label else ""))
-    if store is not None:
-        x1, x2, x3 = c.columns(3)
-        if x1.button("Accept", key=f"cl_acc_{i}"):
-            store.record(i, "accept", str(row["suggested_label"]), sh.reviewer_name())
-            st.rerun()
-        if x2.button("Keep", key=f"cl_keep_{i}"):
-            store.record(i, "keep", str(row["given_label"]), sh.reviewer_name())
-            st.rerun()
-        if x3.button("Exclude", key=f"cl_exc_{i}"):
-            store.record(i, "exclude", None, sh.reviewer_name())
-            st.rerun()
+    x1, x2, x3 = c.columns(3)
+    for col, decision, label, key in ((x1, "accept", "Accept", "cl_acc"), (x2, "keep", "Keep", "cl_keep"),
+                                      (x3, "exclude", "Exclude", "cl_exc")):
+        col.button(label, key=f"{key}_{i}", on_click=_decide,
+                   args=(i, decision, str(row["given_label"]), str(row["suggested_label"])))
 if len(selected) > 12:
     st.caption(f"… and {len(selected) - 12} more; narrow the selection to see them.")

@@ -1,13 +1,14 @@
 """Export: corrected labels, the cleaned manifest, Label Studio tasks; a new run on the result."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
+from pathlib import Path
 
 import streamlit as st
 
 from pages import _shared as sh
+from pages import _state as keys
+from turn_core import export as ex
 from turn_core.errors import InputError
 
 st.title("Export")
@@ -15,14 +16,12 @@ run = sh.open_run(require_samples=True)
 if run is None:
     st.stop()
 sh.run_header(run)
-try:
-    from turn_core import export as ex
-except ImportError:
-    st.warning("Exports are not available in this build (turn_core.export missing).")
-    st.stop()
-
 store = sh.review_store(run)
-n_rev = store.count_reviewed() if store is not None else 0
+try:
+    n_rev = store.count_reviewed()
+except InputError as e:
+    st.error(str(e))
+    st.stop()
 df = sh.samples(run)
 st.markdown(f"**{n_rev} images reviewed** of {len(df)} · unreviewed images keep their given label "
             "(and the run's flag in `is_label_issue`).")
@@ -39,20 +38,19 @@ exports_dir = run.dir / "exports"
 def _write_corrected() -> None:
     try:
         p = ex.write_corrected_csv(run.dir, exports_dir / "corrected_labels.csv")
-        st.session_state["_ex_msg"] = f"Also written to {p}"
+        st.session_state[keys.EXPORT_MESSAGE] = f"Also written to {p}"
     except Exception as e:  # noqa: BLE001
-        st.session_state["_ex_msg"] = f"Could not write to disk: {e}"
+        st.session_state[keys.EXPORT_MESSAGE] = f"Could not write to disk: {e}"
 
 
-msg = st.session_state.pop("_ex_msg", None)
-if msg:
-    st.toast(msg)
+sh.flash(keys.EXPORT_MESSAGE, st.toast)
 
 # ------------------------------------------------------------------ corrected labels
 st.subheader("Corrected labels")
 st.caption("Columns: `path, given_label, suggested_label, final_label, decision, suspicion, is_label_issue`. "
            "`suspicion` lies in [0, 1]: **higher = more likely mislabeled**. `final_label` is empty for "
-           "excluded images.")
+           "excluded images. `is_label_issue` is 1 when the label is wrong: the run's flag until "
+           "someone reviewed the image, then the reviewer's answer.")
 try:
     tmp = exports_dir / ".download_corrected.csv"
     ex.write_corrected_csv(run.dir, tmp)
@@ -86,7 +84,7 @@ with right:
     except Exception as e:  # noqa: BLE001
         st.caption(f"Not available: {e}")
     if out is None:
-        st.caption("Needs the true labels (the demo, or a manifest with a clean_label column).")
+        st.caption("Needs the true labels (the demo, or a manifest with a true_label column).")
     else:
         m = st.columns(3)
         m[0].metric("Errors fixed", out["errors_fixed"])
@@ -109,7 +107,7 @@ except Exception as e:  # noqa: BLE001
     c1.caption(f"Manifest not available: {e}")
 try:
     tasks = ex.label_studio_tasks(run.dir)
-    c2.download_button(f"Download Label Studio tasks ({len(tasks)} suspects)",
+    c2.download_button(f"Download Label Studio tasks ({len(tasks)} flagged images)",
                        json.dumps(tasks, ensure_ascii=False, indent=2).encode("utf-8"),
                        file_name=f"label_studio_tasks-{run.dir.name}.json", mime="application/json",
                        key="dl_ls", help="Predictions with a `score` for each flagged image, most suspicious first.")
@@ -133,22 +131,14 @@ if busy:
     st.warning("A run is training on this server; one run at a time.")
 if st.button("Start a new run on the cleaned manifest", disabled=busy, key="ex_rerun"):
     try:
-        path = ex.write_clean_manifest(run.dir)
-        from turn_core.config import RunConfig
-
-        base = RunConfig.from_dict(run.settings)
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{base.method}-cleaned"
-        cfg = dataclasses.replace(base, data=str(path), out=str(sh.runs_root() / name),
-                                  inject_noise=None, inject_noise_rate=0.0)
-        reg = sh.registry()
-        if reg is None:
-            raise InputError("the background job registry is not available in this build")
-        reg.start(cfg.validate())
+        cfg = ex.cleaned_run_config(run.dir, sh.runs_root())
+        sh.registry().start(cfg)
     except InputError as e:
         st.error(str(e))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - BusyError and the unexpected: one line for people
         st.error(f"Could not start: {type(e).__name__}: {e}")
     else:
-        st.success(f"Manifest written to `{path}`; run {name} started.")
+        name = Path(cfg.out).name
+        st.success(f"Manifest written to `{cfg.data}`; run {name} started.")
         sh.select_run(name)
         st.switch_page("pages/training.py")

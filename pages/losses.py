@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _shared as sh
+from pages import _state as keys
 from turn_core import views
 
 run, df = sh.page_preamble("Loss distributions", "This run has no samples.")
@@ -18,7 +19,7 @@ gmm = run.gmm
 # ------------------------------------------------------------------ histogram
 st.subheader("Per-sample loss")
 st.caption("TURN fits a two-component Gaussian mixture to these losses: samples the clean (low-loss) "
-           "component explains with posterior ≥ τ are kept for fine-tuning; the rest are suspects.")
+           "component explains with posterior ≥ τ are kept for fine-tuning; the rest are left out.")
 if not cols:
     st.info("This run wrote no loss columns.")
 else:
@@ -44,14 +45,8 @@ else:
         for name, counts in hist["counts"].items():
             fig.add_bar(x=hist["centers"], y=counts, name=name, width=hist["width"],
                         marker_color=colors.get(name), opacity=0.85)
-        g = views.gmm_for_column(gmm, col)
-        fit = g
-        if g and cls != "All classes":
-            fits = g.get("fits") or []
-            fit = fits[classes.index(cls)] if len(fits) == len(classes) and len(fits) > 1 and cls in classes \
-                else None
-            if fit is not None:
-                fit = dict(fit, tau=g.get("tau"))
+        fit = views.gmm_for_class(views.gmm_for_column(gmm, col), list(classes),
+                                  None if cls == "All classes" else cls)
         if fit:
             x = np.linspace(hist["edges"][0], hist["edges"][-1], 300)
             for name, y in views.gmm_curves(fit, x, len(values), hist["width"]).items():
@@ -71,12 +66,12 @@ else:
 
 # ------------------------------------------------------------------ cut-off
 st.subheader("Suspicion cut-off")
-st.caption("Images with suspicion ≥ the cut-off go to the review queue. It starts where it flags as many "
-           "images as the run's own rule.")
-key = f"cutoff::{run.dir.name}"
+st.caption("Images with suspicion ≥ the cut-off are the suspects of the review queue. It starts where it "
+           "picks as many images as the run flagged (its own rule).")
+key = keys.cutoff(run.dir.name)
 default = views.default_cutoff(df)
 current = sh.cutoff_for(run, df)
-wkey = f"_cutoff_w::{run.dir.name}"
+wkey = keys.cutoff_widget(run.dir.name)
 if wkey not in st.session_state:
     st.session_state[wkey] = float(round(current, 4))
 
@@ -96,8 +91,8 @@ c1.slider("Cut-off on the suspicion score", 0.0, 1.0, step=0.001, key=wkey, on_c
 c2.button("Reset to the run's rule", on_click=_reset, key="cutoff_reset")
 stats = views.cutoff_stats(df, sh.cutoff_for(run, df))
 m = st.columns(4)
-m[0].metric("Flagged at this cut-off", f"{stats['n_flagged']:,}",
-            delta=f"{stats['n_flagged'] - int(views.flagged_mask(df).sum()):+d} vs. run's rule")
+m[0].metric("Suspects at this cut-off", f"{stats['n_suspects']:,}",
+            delta=f"{stats['n_suspects'] - int(views.flagged_mask(df).sum()):+d} vs. flagged by the run")
 if truth:
     m[1].metric("Precision", f"{stats['precision']:.3f}")
     m[2].metric("Recall", f"{stats['recall']:.3f}")
@@ -132,4 +127,4 @@ with right:
         st.plotly_chart(fig, width="stretch", key="pr_curve")
     else:
         st.caption("The precision–recall curve appears when the true labels are known.")
-st.page_link("pages/review.py", label=f"Review these {stats['n_flagged']} suspects", icon=":material/fact_check:")
+st.page_link("pages/review.py", label=f"Review these {stats['n_suspects']} suspects", icon=":material/fact_check:")

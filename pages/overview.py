@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import streamlit as st
 
 from pages import _shared as sh
+from pages import _state as keys
 from turn_core import views
-from turn_core.rundir import list_runs
+from turn_core.errors import InputError
+from turn_core.rundir import delete_run, list_runs
 
 st.title("Overview")
 
 runs = list_runs(sh.runs_root())
 if not runs:
     st.info("No runs yet. A first audit takes a couple of minutes on the built-in demo "
-            "(CIFAR-style images with 20 % of the labels flipped on purpose).")
+            "(MNIST digits with 20 % of the labels flipped on purpose).")
     st.page_link("pages/data_run.py", label="Start with the demo on **Data & run**", icon=":material/folder_open:")
     st.stop()
 
@@ -24,19 +25,17 @@ st.dataframe(views.runs_table(runs), hide_index=True, width="stretch")
 
 with st.expander("Delete a run"):
     job = sh.current_job_snapshot()
-    busy = {str(job.get("run_dir"))} if job and job.get("state") == "running" else set()
-    victim = st.selectbox("Run to delete", [r.name for r in runs], key="delete_pick")
-    sure = st.checkbox(f"Yes, delete {victim} and its review decisions for good", key="delete_sure")
+    busy = [job["run_dir"]] if job and job.get("state") == "running" else []
+    victim = st.selectbox("Run to delete", [r.name for r in runs], key=keys.DELETE_PICK)
+    sure = st.checkbox(f"Yes, delete {victim} and its review decisions for good", key=keys.DELETE_SURE)
     if st.button("Delete run", disabled=not sure, key="delete_btn"):
-        target = (sh.runs_root() / victim).resolve()
-        if target.parent != sh.runs_root() or not target.is_dir():
-            st.error(f"{victim} is not a run folder under {sh.runs_root()}")
-        elif any(str(target) == str(sh.Path(b).resolve()) for b in busy if b):
-            st.error("This run is training right now: cancel it on **Training** first.")
+        try:
+            delete_run(sh.runs_root(), victim, busy=busy)
+        except (InputError, OSError) as e:
+            st.error(f"Not deleted: {e}")
         else:
-            shutil.rmtree(target, ignore_errors=True)
-            st.session_state.pop("delete_sure", None)
-            if st.session_state.get("run") == victim:
+            st.session_state.pop(keys.DELETE_SURE, None)
+            if st.session_state.get(keys.RUN) == victim:
                 sh.select_run("")
             st.toast(f"Deleted {victim}")
             st.rerun()

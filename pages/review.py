@@ -1,17 +1,16 @@
 """Review: suspects ranked by suspicion; accept / relabel / keep / exclude, stored at once."""
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from pages import _shared as sh
+from pages import _state as keys
 from turn_core import views
+from turn_core.errors import InputError
+from turn_core.review import accept_suggestions, record_decision
 
 run, df = sh.page_preamble("Review")
 store = sh.review_store(run)
-if store is None:
-    st.stop()
 
 name = run.dir.name
 classes = run.classes or sorted(set(df["given_label"]) | set(df["suggested_label"]))
@@ -27,19 +26,20 @@ st.progress(n_rev / len(full_queue) if len(full_queue) else 1.0)
 st.caption(f"Queue: suspicion ≥ {cutoff:.3f} (move it on **Loss distributions**) · "
            f"{len(dec)} decisions stored in `review.sqlite` · reviewer **{sh.reviewer_name()}**")
 
+status_key = keys.review("status", name)
 f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
-cls_filter = f1.multiselect("Class (given or suggested)", classes, key=f"rv_cls::{name}")
+cls_filter = f1.multiselect("Class (given or suggested)", classes, key=keys.review("cls", name))
 pairs = views.pair_counts(full_queue)
 pair_map = {f"{r.given_label} → {r.suggested_label} ({int(r.count)})": (r.given_label, r.suggested_label)
             for r in pairs.itertuples()}
-pair_pick = f2.selectbox("Given → suggested", ["All pairs"] + list(pair_map), key=f"rv_pair::{name}")
-status = f3.radio("Show", ["unreviewed", "all", "reviewed"], key=f"rv_status::{name}", horizontal=True)
-per_page = int(f4.selectbox("Per page", [12, 24, 48], key=f"rv_pp::{name}"))
+pair_pick = f2.selectbox("Given → suggested", ["All pairs"] + list(pair_map), key=keys.review("pair", name))
+status = f3.radio("Show", ["unreviewed", "all", "reviewed"], key=status_key, horizontal=True)
+per_page = int(f4.selectbox("Per page", [12, 24, 48], key=keys.review("pp", name)))
 queue = views.review_queue(df, cutoff=cutoff, decisions=dec, classes=cls_filter or None,
                            pair=pair_map.get(pair_pick), status=status)
 qidx = [int(i) for i in queue["index"]]
 
-cur_key = f"rv_cur::{name}"
+cur_key = keys.review("cur", name)
 cur = st.session_state.get(cur_key)
 if cur not in qidx:
     cur = qidx[0] if qidx else None
@@ -47,49 +47,42 @@ if cur not in qidx:
 
 
 # ------------------------------------------------------------------ actions (callbacks)
-def _advance(after: int) -> None:
-    latest = store.latest()
-    nxt = views.next_in_queue(qidx, after, latest)
-    if nxt is None and qidx:
-        i = qidx.index(after) if after in qidx else -1
-        nxt = qidx[(i + 1) % len(qidx)] if len(qidx) > 1 else after
-    st.session_state[cur_key] = nxt
+def _report(done) -> bool:
+    st.session_state[keys.REVIEW_TOAST if done.ok else keys.REVIEW_ERROR] = done.message
+    return done.ok
 
 
-def _decide(index: int, decision: str, label: str | None) -> None:
-    try:
-        store.record(int(index), decision, label, sh.reviewer_name())
-    except Exception as e:  # noqa: BLE001
-        st.session_state["_rv_error"] = f"Not stored: {e}"
-        return
-    st.session_state["_rv_toast"] = f"#{index}: {decision}" + (f" → {label}" if label else "")
-    _advance(index)
+def _decide(index: int, decision: str, picked: str | None = None) -> None:
+    row = by_index.loc[index]
+    done = record_decision(store, index, decision, given=str(row["given_label"]),
+                           suggested=str(row["suggested_label"]), picked=picked, reviewer=sh.reviewer_name())
+    if _report(done):
+        st.session_state[cur_key] = views.after_decision(qidx, index, store.latest())
 
 
 def _relabel(index: int) -> None:
-    label = st.session_state.get(f"rv_relabel::{name}")
+    label = st.session_state.get(keys.review("relabel", name))
     if label:
         _decide(index, "relabel", label)
 
 
 def _undo() -> None:
-    d = store.undo_last(sh.reviewer_name())
+    try:
+        d = store.undo_last(sh.reviewer_name())
+    except InputError as e:  # storage trouble: say so, like a decision that was not stored
+        st.session_state[keys.REVIEW_ERROR] = f"Not undone: {e}"
+        return
     if d is None:
-        st.session_state["_rv_toast"] = "Nothing to undo"
-    else:
-        st.session_state["_rv_toast"] = f"Undid #{d.index} ({d.decision})"
-        st.session_state[cur_key] = int(d.index)
-        # Make sure the undone image is visible again.
-        st.session_state[f"rv_status::{name}"] = "all" if st.session_state.get(f"rv_status::{name}") == "reviewed" \
-            else st.session_state.get(f"rv_status::{name}", "unreviewed")
+        st.session_state[keys.REVIEW_TOAST] = "Nothing to undo"
+        return
+    st.session_state[keys.REVIEW_TOAST] = f"Undid #{d.index} ({d.decision})"
+    st.session_state[cur_key] = int(d.index)
+    if st.session_state.get(status_key) == "reviewed":  # make sure the undone image shows again
+        st.session_state[status_key] = "all"
 
 
 def _step(delta: int) -> None:
-    if not qidx:
-        return
-    c = st.session_state.get(cur_key)
-    i = qidx.index(c) if c in qidx else 0
-    st.session_state[cur_key] = qidx[(i + delta) % len(qidx)]
+    st.session_state[cur_key] = views.step(qidx, st.session_state.get(cur_key), delta)
 
 
 def _open(index: int) -> None:
@@ -97,18 +90,12 @@ def _open(index: int) -> None:
 
 
 def _accept_page(indices: list[int]) -> None:
-    items = [(int(i), "accept", str(by_index.loc[i, "suggested_label"])) for i in indices]
-    try:
-        store.record_many(items, sh.reviewer_name())
-        st.session_state["_rv_toast"] = f"Accepted {len(items)} suggestions"
-    except Exception as e:  # noqa: BLE001
-        st.session_state["_rv_error"] = f"Not stored: {e}"
+    _report(accept_suggestions(store, [(i, by_index.loc[i, "suggested_label"]) for i in indices],
+                               sh.reviewer_name()))
 
 
-for k, fn in (("_rv_toast", st.toast), ("_rv_error", st.error)):
-    msg = st.session_state.pop(k, None)
-    if msg:
-        fn(msg)
+sh.flash(keys.REVIEW_TOAST, st.toast)
+sh.flash(keys.REVIEW_ERROR, st.error)
 
 # ------------------------------------------------------------------ focus card
 st.divider()
@@ -142,16 +129,16 @@ else:
                     + f" by {d.reviewer or 'anonymous'}")
         b1, b2 = st.columns(2)
         b1.button(f"Accept → {row['suggested_label']}", key="rv_accept", type="primary", shortcut="A",
-                  on_click=_decide, args=(cur, "accept", str(row["suggested_label"])), width="stretch")
+                  on_click=_decide, args=(cur, "accept"), width="stretch")
         b2.button(f"Keep {row['given_label']}", key="rv_keep", shortcut="K",
-                  on_click=_decide, args=(cur, "keep", str(row["given_label"])), width="stretch")
+                  on_click=_decide, args=(cur, "keep"), width="stretch")
         b3, b4 = st.columns(2)
         b3.button("Exclude / unclear", key="rv_exclude", shortcut="X",
-                  on_click=_decide, args=(cur, "exclude", None), width="stretch")
+                  on_click=_decide, args=(cur, "exclude"), width="stretch")
         b4.button("Undo my last", key="rv_undo", shortcut="U", on_click=_undo, width="stretch")
         r1, r2 = st.columns([3, 2])
         others = [c for c in classes if c != row["given_label"]] or classes
-        r1.selectbox("Another class", others, key=f"rv_relabel::{name}", label_visibility="collapsed")
+        r1.selectbox("Another class", others, key=keys.review("relabel", name), label_visibility="collapsed")
         r2.button("Relabel", key="rv_relabel_btn", shortcut="L", on_click=_relabel, args=(cur,),
                   width="stretch")
         n1, n2 = st.columns(2)
@@ -180,23 +167,20 @@ else:
         with st.expander(f"History of image #{cur} ({len(hist)})"):
             import pandas as pd
 
-            st.dataframe(pd.DataFrame([{"when": views._fmt_time(h.created_at), "decision": h.decision,
+            st.dataframe(pd.DataFrame([{"when": views.fmt_time(h.created_at), "decision": h.decision,
                                         "final_label": h.final_label, "reviewer": h.reviewer} for h in hist]),
                          hide_index=True, width="stretch")
 
 # ------------------------------------------------------------------ page grid
 st.divider()
 if qidx:
-    n_pages = max(1, math.ceil(len(qidx) / per_page))
-    pkey = f"rv_page::{name}"
-    page = int(st.session_state.get(pkey, 1))
-    if page > n_pages:
-        page = n_pages
-    start, stop, n_pages = views.paginate(len(qidx), page, per_page)
+    pkey = keys.review("page", name)
+    start, stop, n_pages = views.paginate(len(qidx), int(st.session_state.get(pkey, 1)), per_page)
+    page = start // per_page + 1
     top1, top2 = st.columns([3, 2])
     top1.markdown(f"**Suspects {start + 1}–{stop} of {len(qidx)}**")
     page_items = qidx[start:stop]
-    unrev = [i for i in page_items if not views._decision_name(dec.get(i))]
+    unrev = [i for i in page_items if not views.decision_name(dec.get(i))]
     top2.button(f"Accept all {len(unrev)} unreviewed suggestions on this page", key="rv_bulk",
                 disabled=not unrev, on_click=_accept_page, args=(unrev,))
     ncol = 6
@@ -208,7 +192,7 @@ if qidx:
                 p = sh.thumb_png(run, i, 96)
                 if p:
                     st.image(p, width="stretch")
-                dn = views._decision_name(dec.get(i))
+                dn = views.decision_name(dec.get(i))
                 mark = f" · **{dn}**" if dn else ""
                 st.caption(f"{row['given_label']} → {row['suggested_label']} · {float(row['suspicion']):.2f}{mark}")
                 st.button("Open" if i != cur else "● Open", key=f"rv_open_{i}", on_click=_open, args=(i,),

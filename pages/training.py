@@ -24,13 +24,8 @@ def target_dir() -> Path | None:
 
 
 d = target_dir()
-if d is None:
-    job = sh.current_job_snapshot()
-    if job and job.get("state") == "running":
-        st.info("The run is starting…")
-        st.button("Refresh", key="refresh_starting")
-    else:
-        st.info("No run selected. Start one on **Data & run**, or pick one in the sidebar.")
+if d is None:  # a started run is never missing here: JobRegistry.start writes its folder first
+    st.info("No run selected. Start one on **Data & run**, or pick one in the sidebar.")
     st.stop()
 
 
@@ -73,9 +68,7 @@ def render(run_dir: Path) -> str:
         if job:
             if st.button("Cancel run", key="cancel_run", type="secondary",
                          help="Stops within one batch; the run is kept as 'cancelled'."):
-                reg = sh.registry()
-                if reg is not None:
-                    reg.cancel()
+                sh.registry().cancel()
                 st.toast("Cancelling…")
         else:
             st.caption(f"Started outside this server (pid {status.get('pid')} on {status.get('host')}): "

@@ -52,7 +52,7 @@ def make_fake_run(run_dir: str | Path, n: int = 60, *, seed: int = 0, state: str
                         "clean_per_class": {c: n // (2 * k) for c in classes}} if phase == "fft" else {}))
     w.event("done", "timing", seconds=1.0)
 
-    header = SAMPLE_COLUMNS + [f"loss_fft_{e}" for e in range(1, fft_epochs + 1)] + ["clean_label", "is_noisy"]
+    header = SAMPLE_COLUMNS + [f"loss_fft_{e}" for e in range(1, fft_epochs + 1)] + ["true_label", "is_noisy"]
     rows = []
     for i in range(n):
         p = np.full(k, (1 - 0.7) / (k - 1))
@@ -69,9 +69,13 @@ def make_fake_run(run_dir: str | Path, n: int = 60, *, seed: int = 0, state: str
     w.write_npy("features_post.npy", (feats * 1.5).astype(np.float16))
     thumbs = (rng.random((n, 16, 16, 3)) * 255).astype(np.uint8)
     w.write_npy("thumbs.npy", thumbs)
-    w.write_json("gmm.json", [{"epoch": e, "means": [0.2, 2.0], "variances": [0.05, 0.8],
-                               "weights": [0.8, 0.2], "clean_component": 0, "tau": cfg.tau}
-                              for e in range(1, fft_epochs + 1)])
+    # gmm.json as pipeline.py writes it: one entry per FFT epoch (fitted on the losses before
+    # it), then the final fit on the last losses; fits on (loss − lo) / (hi − lo).
+    fit = {"means": [0.1, 0.6], "variances": [0.01, 0.05], "weights": [0.8, 0.2],
+           "clean_component": 0, "lo": 0.0, "hi": 4.0}
+    w.write_json("gmm.json", [{"epoch": e, "tau": cfg.tau, "fits": [fit], **fit}
+                              for e in range(1, fft_epochs + 1)]
+                 + [{"epoch": fft_epochs, "final": True, "tau": cfg.tau, "fits": [fit], **fit}])
     from turn_core.metrics import detection_metrics
     w.write_json("metrics.json", {"detection": detection_metrics(noisy, flagged, suspicion),
                                   "test_accuracy": 0.9})

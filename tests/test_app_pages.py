@@ -188,11 +188,10 @@ def test_losses_page_cutoff_drives_review_queue(clean_env):
     at = app("fin").run()
     at.switch_page("pages/losses.py").run()
     no_exception(at)
-    flagged = [m for m in at.metric if m.label == "Flagged at this cut-off"][0]
     at.slider(key="_cutoff_w::fin").set_value(0.0).run()
     no_exception(at)
-    flagged = [m for m in at.metric if m.label == "Flagged at this cut-off"][0]
-    assert flagged.value == "60"
+    suspects = [m for m in at.metric if m.label == "Suspects at this cut-off"][0]
+    assert suspects.value == "60"
     at.switch_page("pages/review.py").run()
     no_exception(at)
     assert any(m.value == "### 0 of 60 suspects reviewed" for m in at.markdown)
@@ -250,3 +249,54 @@ def test_run_query_param_selects_run(clean_env):
     at.run()
     no_exception(at)
     assert at.session_state["run"] == "a"
+
+
+def test_delete_refuses_the_training_run(clean_env):
+    make_fake_run(clean_env / "a", n=20)
+    at = app("a").run()
+
+    class Busy:  # the registry's current job says run "a" is training
+        def snapshot(self):
+            return {"state": "running", "run_dir": str(clean_env / "a")}
+
+    from pages import _shared
+
+    reg = _shared.registry()
+    reg._job = Busy()
+    try:
+        at.checkbox(key="delete_sure").check().run()
+        at.button(key="delete_btn").click().run()
+        no_exception(at)
+        assert (clean_env / "a").exists()
+        assert any("training right now" in e.value for e in at.error)
+    finally:
+        reg._job = None
+
+
+def test_start_from_export_page_lists_the_new_run_at_once(clean_env, monkeypatch):
+    data = clean_env.parent / "data"
+    make_fake_run(clean_env / "fin", n=30, dataset_root=data)
+    import threading
+
+    from pages import _shared
+
+    gate = threading.Event()
+
+    def runner(config, progress=None, cancel=None):
+        gate.wait(10)
+        return config.out
+
+    reg = _shared.registry()
+    reg._runner = runner
+    try:
+        at = app("fin").run()
+        at.switch_page("pages/export.py").run()
+        at.button(key="ex_rerun").click().run()
+        no_exception(at)
+        job = reg.current()
+        assert job is not None and job.run_dir.name.endswith("-cleaned")
+        assert json.loads((job.run_dir / "status.json").read_text())["state"] == "running"
+        assert (data / "cleaned-fin.csv").is_file()
+    finally:
+        gate.set()
+        reg.wait(10)

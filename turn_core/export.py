@@ -13,6 +13,8 @@ Terms used below:
   descending, to review the most doubtful images first.
 * ``final_label``: what the image should be labelled after review (see ``corrected_labels``).
 * ``decision``: ``unreviewed`` or one of ``turn_core.review.DECISIONS``.
+* ``is_label_issue``: 0/1, the answer to "is this label wrong?": the run's flag (its own rule)
+  until a person reviewed the image, then the person's answer (see ``corrected_labels``).
 
 Two kinds of CSV are written, on purpose differently:
 
@@ -24,8 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -94,7 +96,7 @@ def corrected_labels(run_dir: str | Path | Run) -> pd.DataFrame:
 
 
 def clean_manifest(run_dir: str | Path | Run) -> pd.DataFrame:
-    """The training set after review, as a manifest: columns ``path,label`` (+ ``clean_label``
+    """The training set after review, as a manifest: columns ``path,label`` (+ ``true_label``
     when the run knew the truth). Excluded images are dropped; unreviewed images keep their
     given label; reviewed ones get their final label. ``path`` is as in samples.csv (relative
     to the dataset root)."""
@@ -103,7 +105,7 @@ def clean_manifest(run_dir: str | Path | Run) -> pd.DataFrame:
     out = pd.DataFrame({"path": corrected["path"], "label": corrected["final_label"]})
     truth = _truth(run)
     if truth is not None:
-        out["clean_label"] = truth
+        out["true_label"] = truth
     return out[corrected["decision"] != "exclude"].reset_index(drop=True)
 
 
@@ -132,7 +134,7 @@ def changes_per_class(run_dir: str | Path | Run) -> pd.DataFrame:
 
 
 def review_outcome(run_dir: str | Path | Run) -> dict | None:
-    """How the review changed label quality, when the truth (``clean_label``) is known; else None.
+    """How the review changed label quality, when the true labels are known; else None.
 
     Counted over images that were not excluded: ``errors_fixed`` (given ≠ truth, final = truth),
     ``errors_introduced`` (given = truth, final ≠ truth), ``errors_remaining`` (final ≠ truth).
@@ -151,7 +153,7 @@ def review_outcome(run_dir: str | Path | Run) -> dict | None:
     wrong_before = c["given_label"] != t
     wrong_after = c["final_label"] != t
     return {
-        "n_images": int(len(c)),
+        "n_images": len(c),
         "n_reviewed": int((c["decision"] != UNREVIEWED).sum()),
         "errors_before": int(wrong_before.sum()),
         "errors_fixed": int((kept & wrong_before & ~wrong_after).sum()),
@@ -293,6 +295,31 @@ def export_all(run_dir: str | Path | Run, out_dir: str | Path | None = None) -> 
     return paths
 
 
+# --------------------------------------------------------------------------- train again
+def cleaned_run_config(run_dir: str | Path | Run, runs_root: str | Path, *, when: float | None = None):
+    """Write the cleaned manifest next to the dataset (``write_clean_manifest``) and return the
+    ``RunConfig`` of a new run on it: the run's settings, ``data`` = the manifest, no injected
+    noise (the manifest carries the corrected labels), ``out`` = a new folder under
+    ``runs_root`` named by ``rundir.new_run_name(method, data, suffix="cleaned")``.
+
+    Raises ``InputError`` when the run's settings are unreadable or the manifest cannot be
+    written (see ``write_clean_manifest``)."""
+    import dataclasses
+
+    from .config import RunConfig
+    from .rundir import new_run_name
+
+    run = _run(run_dir)
+    try:
+        base = RunConfig.from_dict(run.settings)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{run.dir / 'config.json'}: the run's settings are unreadable ({e})") from None
+    manifest = write_clean_manifest(run)
+    name = new_run_name(base.method, base.data, suffix="cleaned", when=when)
+    return dataclasses.replace(base, data=str(manifest), out=str(Path(runs_root) / name),
+                               inject_noise=None, inject_noise_rate=0.0)
+
+
 # --------------------------------------------------------------------------- helpers
 def _run(run_dir: str | Path | Run) -> Run:
     return run_dir if isinstance(run_dir, Run) else Run(run_dir)
@@ -310,11 +337,13 @@ def _samples(run: Run) -> pd.DataFrame:
 
 
 def _truth(run: Run) -> list[str] | None:
-    """The clean_label column as strings, None when absent or empty."""
+    """The true labels of samples.csv as strings, None when absent or empty."""
     s = _samples(run)
-    if "clean_label" not in s.columns:
+    # "clean_label": the column's name in runs written before it became "true_label".
+    col = next((c for c in ("true_label", "clean_label") if c in s.columns), None)
+    if col is None:
         return None
-    truth = s["clean_label"].astype(str).tolist()
+    truth = s[col].astype(str).tolist()
     return truth if any(t != "" for t in truth) else None
 
 
@@ -339,6 +368,20 @@ def _atomic_text(out_path: str | Path, text: str, what: str) -> Path:
         raise InputError(f"cannot write the {what} to {out_path}: it is a folder") from e
 
 
-__all__ = ["CORRECTED_COLUMNS", "CHANGES_COLUMNS", "UNREVIEWED", "corrected_labels", "clean_manifest",
-           "clean_manifest_csv", "changes_per_class", "review_outcome", "label_studio_tasks", "label_studio_config",
-           "write_corrected_csv", "write_clean_manifest", "write_label_studio_json", "export_all"]
+__all__ = [
+    "CHANGES_COLUMNS",
+    "CORRECTED_COLUMNS",
+    "UNREVIEWED",
+    "changes_per_class",
+    "clean_manifest",
+    "clean_manifest_csv",
+    "cleaned_run_config",
+    "corrected_labels",
+    "export_all",
+    "label_studio_config",
+    "label_studio_tasks",
+    "review_outcome",
+    "write_clean_manifest",
+    "write_corrected_csv",
+    "write_label_studio_json",
+]

@@ -7,31 +7,36 @@ a final state (finished / failed / cancelled), a one-line ``error`` for people, 
 of an unexpected exception in ``RUN_DIR/run.log``, and a final ``status.json`` (written here if
 the runner did not get to write one itself).
 
-One registry per process (``get_registry()``; the app keeps it across reruns): a second
-``start`` while a run is going raises ``BusyError``. Runs left "running" by a process that
-died (server restart, kill -9) are marked ``interrupted`` by ``recover_interrupted`` at app
-start, and ``restart_config`` gives the settings to start such a run again.
+The app keeps one registry per server process (``st.cache_resource`` in pages/_shared.py): a
+second ``start`` while a run is going raises ``BusyError``. ``start`` writes ``status.json``
+("running", this process's pid) before it returns, so the run is on disk — and in the run
+picker — at once. Progress events go to ``events.jsonl`` (the pages read them there); a job
+keeps only the latest event per phase. Runs left "running" by a process that died (server
+restart, kill -9) are marked ``interrupted`` by ``recover_interrupted`` at app start, and
+``restart_config`` gives the settings to start such a run again.
 """
 from __future__ import annotations
 
-import collections
 import json
 import re
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import RunConfig
 from .errors import Cancelled, InputError, TurnAuditError
 from .progress import CancelToken
-from .rundir import RunWriter, is_run_dir, mark_interrupted_if_dead, read_status
+from .rundir import STATES, RunWriter, is_run_dir, mark_interrupted_if_dead, read_status
+from .settings import check_names
 
-JOB_STATES = ("running", "finished", "failed", "cancelled")
-MAX_EVENTS = 5000          # events kept in memory per job (the full record is events.jsonl)
+# A job of this process ends finished, failed or cancelled; "interrupted" is what a run left
+# "running" by a dead process becomes, which a live job never is.
+JOB_STATES = tuple(s for s in STATES if s != "interrupted")
 MAX_ERROR_CHARS = 500
 
 Runner = Callable[..., Any]  # runner(config, progress=fn, cancel=token) -> run dir
@@ -47,8 +52,8 @@ class Job:
 
     ``state``: one of JOB_STATES; ``started`` / ``ended``: unix times (``ended`` None while
     running); ``error``: one line for people (None unless failed/cancelled); ``last_event``:
-    the latest progress event (see turn_core.progress); ``events``: the last MAX_EVENTS events;
-    ``phases``: latest event per phase (for one progress bar per phase).
+    the latest progress event (see turn_core.progress); ``phases``: latest event per phase;
+    ``n_events``: events seen. The events themselves are in ``RUN_DIR/events.jsonl``.
     """
 
     id: str
@@ -59,7 +64,6 @@ class Job:
     ended: float | None = None
     error: str | None = None
     last_event: dict | None = None
-    events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_EVENTS))
     phases: dict = field(default_factory=dict)
     n_events: int = 0
     cancel_token: CancelToken = field(default_factory=CancelToken)
@@ -74,18 +78,17 @@ class Job:
         """Progress callback handed to the runner (called on the run's thread)."""
         ev = dict(event)
         with self._lock:
-            self.events.append(ev)
             self.last_event = ev
             self.n_events += 1
             if "phase" in ev:
                 self.phases[ev["phase"]] = ev
 
-    def snapshot(self, with_events: bool = True) -> dict:
+    def snapshot(self) -> dict:
         """A consistent copy of the job's state, safe to read from any thread::
 
             {"id", "run_dir" (str), "state", "started", "ended", "elapsed" (s), "error",
              "last_event", "phases" ({phase: latest event}), "n_events" (total seen),
-             "cancel_requested", "events" (list, oldest first; only with_events)}
+             "cancel_requested"}
         """
         with self._lock:
             snap = {
@@ -96,8 +99,6 @@ class Job:
                 "phases": {k: dict(v) for k, v in self.phases.items()},
                 "n_events": self.n_events, "cancel_requested": self.cancel_token.cancelled,
             }
-            if with_events:
-                snap["events"] = [dict(e) for e in self.events]
         return snap
 
     def _finish(self, state: str, error: str | None, run_dir: Path | None = None) -> None:
@@ -121,14 +122,16 @@ class JobRegistry:
         self._thread: threading.Thread | None = None
 
     def start(self, config: RunConfig | dict) -> Job:
-        """Start ``config`` on a daemon thread and return its job at once.
+        """Start ``config`` on a daemon thread and return its job at once, with
+        ``RUN_DIR/status.json`` already saying "running" (this process's pid).
 
-        Raises ``InputError`` for invalid settings and ``BusyError`` when a run is already going
-        here or in ``config.out`` (e.g. started by another process).
+        Raises ``InputError`` for invalid settings or unknown registry names
+        (``settings.check_names``) and ``BusyError`` when a run is already going here or in
+        ``config.out`` (e.g. started by another process).
         """
         if isinstance(config, dict):
             config = RunConfig.from_dict(config)
-        config.validate()
+        check_names(config)
         out = Path(config.out)
         with self._lock:
             if self._job is not None and self._job.running:
@@ -136,6 +139,7 @@ class JobRegistry:
             if is_run_dir(out) and read_status(out).get("state") == "running":
                 raise BusyError(f"a run is already in progress: {out}")
             job = Job(id=uuid.uuid4().hex[:12], run_dir=out, config=config)
+            _mark_running(out, config.method)
             runner = self._runner or _default_runner()
             thread = threading.Thread(target=_run_job, args=(job, runner), daemon=True,
                                       name=f"turn-run-{job.id}")
@@ -166,17 +170,14 @@ class JobRegistry:
         return job
 
 
-_registry: JobRegistry | None = None
-_registry_lock = threading.Lock()
-
-
-def get_registry() -> JobRegistry:
-    """The process-wide registry (with the real pipeline as runner)."""
-    global _registry
-    with _registry_lock:
-        if _registry is None:
-            _registry = JobRegistry()
-        return _registry
+def _mark_running(run_dir: Path, method: str) -> None:
+    """Write status.json "running" with this pid before the thread starts: the run picker then
+    lists the run the moment ``start`` returns (the runner rewrites the status as it goes)."""
+    writer = RunWriter(run_dir)
+    try:
+        writer.set_status("running", method=method, error=None)
+    finally:
+        writer.close()
 
 
 def _default_runner() -> Runner:
@@ -202,13 +203,13 @@ def _run_job(job: Job, runner: Runner) -> None:
         state, error = "cancelled", _one_line(str(e) or "cancelled")
     except TurnAuditError as e:            # InputError included: the message is for people
         state, error = "failed", _one_line(str(e) or type(e).__name__)
-    except BaseException as e:             # a bug: keep the traceback for the log
+    except BaseException as e:  # noqa: BLE001 - a bug: keep the traceback for the log
         msg = _one_line(str(e))
         state, error = "failed", f"{type(e).__name__}: {msg}" if msg else type(e).__name__
         trace = traceback.format_exc()
     try:
         _settle_run_dir(run_dir or job.run_dir, state, error, trace)
-    except Exception:  # the folder may be unwritable; the job's state below still tells the UI
+    except Exception:  # noqa: BLE001, S110 - the folder may be unwritable; the job state still tells the UI
         pass
     job._finish(state, error, run_dir)
 
@@ -269,5 +270,11 @@ def restart_config(run_dir: str | Path) -> RunConfig:
     return config
 
 
-__all__ = ["BusyError", "Job", "JobRegistry", "JOB_STATES", "get_registry", "recover_interrupted",
-           "restart_config"]
+__all__ = [
+    "JOB_STATES",
+    "BusyError",
+    "Job",
+    "JobRegistry",
+    "recover_interrupted",
+    "restart_config",
+]

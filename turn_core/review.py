@@ -29,10 +29,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .errors import InputError
 from .rundir import Run
@@ -379,6 +379,48 @@ def _decision(r: sqlite3.Row) -> Decision:
                     undoes=r["undoes"] if "undoes" in keys else None)
 
 
+# --------------------------------------------------------------------------- for the pages
+@dataclass(frozen=True)
+class Recorded:
+    """What became of a decision the app tried to store: ``ok`` and a one-line ``message`` for
+    people ("#12: accept → dog", or "Not stored: <cause>")."""
+
+    ok: bool
+    message: str
+
+
+def final_label(decision: str, given: str, suggested: str, picked: str | None = None) -> str | None:
+    """The label an image gets from ``decision``: accept → ``suggested``, keep → ``given``,
+    relabel → ``picked`` (the class the reviewer chose), exclude → None."""
+    return {"accept": suggested, "keep": given, "relabel": picked, "exclude": None}.get(decision)
+
+
+def record_decision(store: ReviewStore, index: int, decision: str, *, given: str, suggested: str,
+                    picked: str | None = None, reviewer: str = "") -> Recorded:
+    """Store one decision on image ``index`` (its label from ``final_label``) and say how it went.
+
+    Never raises for bad input or storage trouble (a locked, read-only or full disk): the
+    ``Recorded`` message names the cause, so every page that records decisions (Review, Feature
+    clusters) reports it the same way instead of crashing."""
+    label = final_label(decision, given, suggested, picked)
+    try:
+        store.record(int(index), decision, label, reviewer)
+    except (InputError, OSError, sqlite3.Error) as e:
+        return Recorded(False, f"Not stored: {e}")
+    return Recorded(True, f"#{index}: {decision}" + (f" → {label}" if label else ""))
+
+
+def accept_suggestions(store: ReviewStore, items: Iterable[tuple[int, str]], reviewer: str = "") -> Recorded:
+    """Accept the suggested label of every ``(index, suggested_label)`` in one transaction (all
+    stored or none), reported like ``record_decision``."""
+    rows = [(int(i), "accept", str(label)) for i, label in items]
+    try:
+        store.record_many(rows, reviewer)
+    except (InputError, OSError, sqlite3.Error) as e:
+        return Recorded(False, f"Not stored: {e}")
+    return Recorded(True, f"Accepted {len(rows)} suggestions")
+
+
 def schema_version(run_dir: str | Path) -> int | None:
     """The schema version of a run's review.sqlite (None: no file, 1: file before versioning)."""
     path = Path(run_dir) / DB_NAME
@@ -391,4 +433,5 @@ def schema_version(run_dir: str | Path) -> int | None:
         con.close()
 
 
-__all__ = ["DECISIONS", "UNDO", "Decision", "ReviewStore", "schema_version", "SCHEMA_VERSION"]
+__all__ = ["DECISIONS", "SCHEMA_VERSION", "UNDO", "Decision", "Recorded", "ReviewStore", "accept_suggestions",
+           "final_label", "record_decision", "schema_version"]

@@ -1,0 +1,75 @@
+"""turn_core.views.tables: overview and preview tables, formatting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fakerun import make_fake_run
+from turn_core import views
+from turn_core.metrics import detection_metrics
+from turn_core.rundir import Run, list_runs
+
+
+@pytest.fixture()
+def run(tmp_path):
+    return Run(make_fake_run(tmp_path / "r", n=80, seed=3))
+
+
+@pytest.fixture()
+def df(run):
+    return run.samples()
+
+
+def test_confusion_table_counts(df):
+    t = views.confusion_table(df)
+    assert t.values.sum() == len(df)
+    assert list(t.index) == list(t.columns)
+    for g in set(df["given_label"]):
+        for s in set(df["suggested_label"]):
+            n = int(((df["given_label"] == g) & (df["suggested_label"] == s)).sum())
+            assert t.loc[g, s] == n
+    assert views.confusion_table(df, only_flagged=True).values.sum() == int(df["flagged"].sum())
+
+
+def test_noise_per_class(df):
+    t = views.noise_per_class(df)
+    assert t["images"].sum() == len(df)
+    assert t["flagged"].sum() == int(df["flagged"].sum())
+    row = t.iloc[0]
+    sub = df[df["given_label"] == row["class"]]
+    assert row["estimated_noise_rate"] == pytest.approx(sub["flagged"].mean())
+    assert row["true_noise_rate"] == pytest.approx(sub["is_noisy"].mean())
+    assert "true_noise_rate" not in views.noise_per_class(df.drop(columns=["is_noisy"])).columns
+    assert len(views.noise_per_class(None)) == 0
+
+
+def test_detection_summary_prefers_metrics_then_computes(df, run):
+    from_metrics = views.detection_summary(df, run.metrics)
+    computed = views.detection_summary(df, {})
+    exp = detection_metrics(df["is_noisy"].astype(bool), df["flagged"].astype(bool), df["suspicion"])
+    assert computed["f1"] == pytest.approx(exp["f1"])
+    assert from_metrics["precision"] == pytest.approx(exp["precision"])
+    assert views.detection_summary(df.drop(columns=["is_noisy"]), {}) is None
+
+
+def test_runs_table(tmp_path):
+    make_fake_run(tmp_path / "a", n=20)
+    make_fake_run(tmp_path / "b", n=20, state="failed")
+    t = views.runs_table(list_runs(tmp_path))
+    assert set(t["run"]) == {"a", "b"}
+    assert set(t["status"]) == {"finished", "failed"}
+    assert t.loc[t["run"] == "b", "error"].iloc[0].startswith("boom")
+
+
+def test_fmt_seconds():
+    assert views.fmt_seconds(None) == "–"
+    assert views.fmt_seconds(5) == "5 s"
+    assert views.fmt_seconds(125) == "2 min 05 s"
+    assert views.fmt_seconds(3 * 3600 + 120) == "3 h 02 min"
+
+
+def test_preview_helpers():
+    t = views.class_count_table([0, 0, 2], ["a", "b", "c"])
+    assert list(t["images"]) == [2, 0, 1]
+    g = views.sample_per_class(np.array([0] * 10 + [1] * 2), 2, per_class=3)
+    assert len(g[0]) == 3 and g[1] == [10, 11]
