@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pages import _shared as sh  # noqa: E402
-from pages import _state as keys  # noqa: E402
-from turn_core.rundir import list_runs  # noqa: E402
+from pages import _shared as sh
+from pages import _state as keys
+from turn_core.rundir import list_runs
 
 st.set_page_config(page_title="TURN Audit", page_icon=":material/troubleshoot:", layout="wide")
 

@@ -26,10 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from turn_core.config import RunConfig  # noqa: E402
-from turn_core.metrics import detection_metrics  # noqa: E402
-from turn_core.pipeline import run  # noqa: E402
-from turn_core.rundir import Run  # noqa: E402
+from turn_core.config import RunConfig
+from turn_core.metrics import detection_metrics
+from turn_core.pipeline import run
+from turn_core.rundir import Run
 
 SHARED = ROOT.parent / "shared" / "data" / "cifar10n.py"
 SETTINGS = {

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 # One server/browser helper for the browser tests and this script.
-from browser_util import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server, wait_ready  # noqa: E402
+from browser_util import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server, wait_ready
 
 # (url path, file name, text that shows the page is drawn)
 PAGES = [("", "overview", "Runs"), ("data_run", "data_run", "Start run"), ("training", "training", "Training loss"),

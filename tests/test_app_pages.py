@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from fakerun import make_fake_run
 from streamlit.testing.v1 import AppTest
 
-from fakerun import make_fake_run
 from turn_core.review import ReviewStore
 from turn_core.rundir import atomic_write_json
 
@@ -124,7 +124,7 @@ def test_review_decision_persists_across_sessions_and_undo(clean_env):
     at = app("fin").run()
     at.switch_page("pages/review.py").run()
     no_exception(at)
-    header = [m.value for m in at.markdown if "suspects reviewed" in m.value][0]
+    header = next(m.value for m in at.markdown if "suspects reviewed" in m.value)
     assert header.startswith("### 0 of ")
     m = int(header.split(" of ")[1].split()[0])
     at.session_state["reviewer"] = "ann"  # the sidebar input (AppTest drops the sidebar after switch_page)
@@ -190,7 +190,7 @@ def test_losses_page_cutoff_drives_review_queue(clean_env):
     no_exception(at)
     at.slider(key="_cutoff_w::fin").set_value(0.0).run()
     no_exception(at)
-    suspects = [m for m in at.metric if m.label == "Suspects at this cut-off"][0]
+    suspects = next(m for m in at.metric if m.label == "Suspects at this cut-off")
     assert suspects.value == "60"
     at.switch_page("pages/review.py").run()
     no_exception(at)

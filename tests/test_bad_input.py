@@ -31,10 +31,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from fakerun import make_fake_run  # noqa: E402
+from fakerun import make_fake_run
 
-from turn_core import cli  # noqa: E402
-from turn_core.rundir import Run, atomic_write_json  # noqa: E402
+from turn_core import cli
+from turn_core.rundir import Run, atomic_write_json
 
 TINY = ["--image-size", "32", "--lp-epochs", "2", "--fft-epochs", "1", "--batch-size", "64", "--quiet"]
 
@@ -104,7 +104,7 @@ def bad_images_run(tmp_path_factory):
     out = tmp / "run"
     env = dict(os.environ, TURN_AUDIT_CACHE=str(tmp / "cache"), PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-m", "turn_core", "run", "--data", str(data), "--out", str(out), *TINY],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     return out, expected, p.stderr
 
@@ -259,7 +259,7 @@ def test_cli_hub_unreachable(tmp_path):
                PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-m", "turn_core", "run", "--data", str(data), "--out", str(tmp_path / "o"),
                         "--model", "resnet10t", "--weights", "hub", *TINY],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
     _one_line_error(p.returncode, p.stderr, "cannot download pretrained weights for 'resnet10t'", "hub")
     assert json.loads((tmp_path / "o" / "status.json").read_text())["state"] == "failed"
 

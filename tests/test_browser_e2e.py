@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser_util import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server, wait_ready  # noqa: E402
+from browser_util import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 

@@ -17,8 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser_util import CHROMIUM, exceptions, have_chromium, launch, start_server, stop_server, wait_ready  # noqa: E402
-from fakerun import make_fake_run  # noqa: E402
+from browser_util import CHROMIUM, exceptions, have_chromium, launch, start_server, stop_server, wait_ready
+from fakerun import make_fake_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 

@@ -14,11 +14,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fakerun import CLASSES, make_fake_run  # noqa: E402
+from fakerun import CLASSES, make_fake_run
 
-from turn_core import export  # noqa: E402
-from turn_core.errors import InputError  # noqa: E402
-from turn_core.review import ReviewStore  # noqa: E402
+from turn_core import export
+from turn_core.errors import InputError
+from turn_core.review import ReviewStore
 
 
 def _read_csv(path) -> list[dict]:

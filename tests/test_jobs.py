@@ -14,13 +14,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fakerun import make_fake_run  # noqa: E402
+from fakerun import make_fake_run
 
-from turn_core.config import RunConfig  # noqa: E402
-from turn_core.errors import InputError  # noqa: E402
-from turn_core.jobs import JOB_STATES, BusyError, JobRegistry, recover_interrupted, restart_config  # noqa: E402
-from turn_core.progress import check  # noqa: E402
-from turn_core.rundir import STATES, Run, RunWriter, list_runs, read_status  # noqa: E402
+from turn_core.config import RunConfig
+from turn_core.errors import InputError
+from turn_core.jobs import JOB_STATES, BusyError, JobRegistry, recover_interrupted, restart_config
+from turn_core.progress import check
+from turn_core.rundir import STATES, Run, RunWriter, list_runs, read_status
 
 
 def batch_runner(n_batches=20, delay=0.005, gate: threading.Event | None = None):

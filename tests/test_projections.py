@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fakerun import make_fake_run
+
 from turn_core import projections
 from turn_core.errors import InputError
+
 
 @pytest.mark.parametrize("kind", ["tsne", "umap"])
 def test_projection_cached_on_disk(tmp_path, kind):
@@ -20,7 +21,7 @@ def test_projection_cached_on_disk(tmp_path, kind):
     assert np.array_equal(again[0], idx) and np.allclose(again[1], xy)
     # The second call is a file read: it returns the cached array even if features change.
     (d / "features_pre.npy").unlink()
-    idx2, xy2 = projections.projection(d, "pre", kind, max_points=30, seed=0)
+    _, xy2 = projections.projection(d, "pre", kind, max_points=30, seed=0)
     assert np.allclose(xy2, xy)
 
 
@@ -36,5 +37,5 @@ def test_projection_errors_and_tiny(tmp_path):
     (d / "projections").mkdir(exist_ok=True)
     projections.cache_path(d, "pre", "tsne", 3000, 0).write_bytes(b"torn")
     assert projections.cached(d, "pre", "tsne", 3000, 0) is None
-    idx, xy = projections.projection(d, "pre", "tsne")
+    _, xy = projections.projection(d, "pre", "tsne")
     assert xy.shape == (30, 2)

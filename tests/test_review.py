@@ -12,10 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fakerun import CLASSES, make_fake_run  # noqa: E402
+from fakerun import CLASSES, make_fake_run
 
-from turn_core.errors import InputError  # noqa: E402
-from turn_core.review import DECISIONS, SCHEMA_VERSION, ReviewStore, schema_version  # noqa: E402
+from turn_core.errors import InputError
+from turn_core.review import DECISIONS, SCHEMA_VERSION, ReviewStore, schema_version
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from fakerun import make_fake_run
+
 from turn_core import views
 from turn_core.metrics import detection_metrics
 from turn_core.rundir import Run

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fakerun import make_fake_run
+
 from turn_core import views
 from turn_core.rundir import Run
 

@@ -116,4 +116,4 @@ def load_source(source: str | Path, *, classes: list[str] | None = None, image_c
     return data.load_dataset(source, classes=classes)
 
 
-__all__ = ["SOURCES", "load_source", "UPLOADS", "Source", "manifest_or_folder", "new_upload_dir", "resolve_source"]
+__all__ = ["SOURCES", "UPLOADS", "Source", "load_source", "manifest_or_folder", "new_upload_dir", "resolve_source"]
