@@ -33,3 +33,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """The synthetic finished run of tests/fakerun.py (80 samples, seed 3), opened as a ``Run``."""
+    from fakerun import make_fake_run
+
+    from turn_core.rundir import Run
+
+    return Run(make_fake_run(tmp_path / "r", n=80, seed=3))
+
+
+@pytest.fixture
+def fake_df(fake_run):
+    """``fake_run``'s samples table."""
+    return fake_run.samples()

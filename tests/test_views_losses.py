@@ -3,36 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakerun import make_fake_run
 
 from turn_core import views
-from turn_core.rundir import Run
 
 
-@pytest.fixture()
-def run(tmp_path):
-    return Run(make_fake_run(tmp_path / "r", n=80, seed=3))
-
-
-@pytest.fixture()
-def df(run):
-    return run.samples()
-
-
-def test_loss_columns_in_training_order(df):
-    cols = views.loss_columns(df)
+def test_loss_columns_in_training_order(fake_df):
+    cols = views.loss_columns(fake_df)
     assert [c for _, c in cols] == ["loss_lp", "loss_fft_1", "loss_fft_2"]
-    d2 = df.rename(columns={"loss_fft_2": "loss_fft_10"})
+    d2 = fake_df.rename(columns={"loss_fft_2": "loss_fft_10"})
     assert [c for _, c in views.loss_columns(d2)][-1] == "loss_fft_10"
 
 
-def test_histogram_groups_share_bins(df):
-    groups = views.loss_groups(df, "flagged")
-    h = views.histogram(df["loss_lp"], bins=10, groups=groups)
+def test_histogram_groups_share_bins(fake_df):
+    groups = views.loss_groups(fake_df, "flagged")
+    h = views.histogram(fake_df["loss_lp"], bins=10, groups=groups)
     assert len(h["edges"]) == 11
-    assert sum(c.sum() for c in h["counts"].values()) == len(df)
-    assert h["counts"]["flagged"].sum() == int(df["flagged"].sum())
-    ht = views.histogram(df["loss_lp"], bins=10, groups=views.loss_groups(df, "truth"))
+    assert sum(c.sum() for c in h["counts"].values()) == len(fake_df)
+    assert h["counts"]["flagged"].sum() == int(fake_df["flagged"].sum())
+    ht = views.histogram(fake_df["loss_lp"], bins=10, groups=views.loss_groups(fake_df, "truth"))
     assert set(ht["counts"]) == {"truly clean", "truly noisy"}
     assert views.histogram([np.nan, np.nan], bins=5)["counts"]["all"].sum() == 0
 
@@ -68,11 +56,11 @@ def test_gmm_curves_integrate_to_counts_and_minmax_transform():
     assert all(np.isfinite(v).all() for v in flat.values())
 
 
-def test_gmm_of_the_fake_run_is_the_pipeline_format(run, df):
-    g = views.gmm_for_column(run.gmm, "loss_fft_2")
+def test_gmm_of_the_fake_run_is_the_pipeline_format(fake_run, fake_df):
+    g = views.gmm_for_column(fake_run.gmm, "loss_fft_2")
     assert g["final"] and g["lo"] == 0.0 and g["hi"] == 4.0
-    assert views.gmm_for_column(run.gmm, "loss_fft_1")["epoch"] == 2 and "final" not in views.gmm_for_column(
-        run.gmm, "loss_fft_1")
+    assert views.gmm_for_column(fake_run.gmm, "loss_fft_1")["epoch"] == 2 and "final" not in views.gmm_for_column(
+        fake_run.gmm, "loss_fft_1")
 
 
 def test_gmm_tau_loss_is_the_first_crossing_from_the_left():

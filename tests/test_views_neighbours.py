@@ -3,36 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakerun import make_fake_run
 
 from turn_core import views
-from turn_core.rundir import Run
 
 
-@pytest.fixture()
-def run(tmp_path):
-    return Run(make_fake_run(tmp_path / "r", n=80, seed=3))
-
-
-@pytest.fixture()
-def df(run):
-    return run.samples()
-
-
-def test_nearest_neighbours_cosine(run, df):
+def test_nearest_neighbours_cosine(fake_run, fake_df):
     f = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=np.float32)
     idx, sims = views.nearest_neighbours(f, 0, k=2)
     assert list(idx) == [1, 2] and sims[0] > sims[1]
     assert len(views.nearest_neighbours(f[:1], 0)[0]) == 0
-    feats = run.features("pre")
-    t = views.neighbour_table(df, feats, 0, k=5)
+    feats = fake_run.features("pre")
+    t = views.neighbour_table(fake_df, feats, 0, k=5)
     assert len(t) == 5 and 0 not in set(t["index"])
-    assert list(t["given_label"]) == [df.loc[df["index"] == i, "given_label"].iloc[0] for i in t["index"]]
+    assert list(t["given_label"]) == [fake_df.loc[fake_df["index"] == i, "given_label"].iloc[0] for i in t["index"]]
     assert sum(views.neighbour_vote(t).values()) == 5
 
 
-def test_thumbnail_upscale_and_png(run):
-    img = run.thumbnail(0)
+def test_thumbnail_upscale_and_png(fake_run):
+    img = fake_run.thumbnail(0)
     big = views.upscale_nearest(img, 64)
     assert big.shape == (64, 64, 3) and (big[:4, :4] == img[0, 0]).all()
     png = views.png_bytes(img, 32)

@@ -2,20 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from fakerun import make_fake_run
 
 from turn_core import views
-from turn_core.rundir import Run
-
-
-@pytest.fixture()
-def run(tmp_path):
-    return Run(make_fake_run(tmp_path / "r", n=80, seed=3))
-
-
-@pytest.fixture()
-def df(run):
-    return run.samples()
 
 
 def test_progress_summary_live_and_epochs():

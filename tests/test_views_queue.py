@@ -1,40 +1,28 @@
 """turn_core.views.queue: the reviewer's queue of suspects."""
 from __future__ import annotations
 
-import pytest
-from fakerun import CLASSES, make_fake_run
+from fakerun import CLASSES
 
 from turn_core import views
-from turn_core.rundir import Run
 
 
-@pytest.fixture()
-def run(tmp_path):
-    return Run(make_fake_run(tmp_path / "r", n=80, seed=3))
-
-
-@pytest.fixture()
-def df(run):
-    return run.samples()
-
-
-def test_review_queue_order_filters_and_status(df):
-    q = views.review_queue(df)
-    assert len(q) == int(df["flagged"].sum())
+def test_review_queue_order_filters_and_status(fake_df):
+    q = views.review_queue(fake_df)
+    assert len(q) == int(fake_df["flagged"].sum())
     assert list(q["suspicion"]) == sorted(q["suspicion"], reverse=True)
-    q2 = views.review_queue(df, cutoff=0.0)
-    assert len(q2) == len(df)
+    q2 = views.review_queue(fake_df, cutoff=0.0)
+    assert len(q2) == len(fake_df)
     first = int(q["index"].iloc[0])
-    qd = views.review_queue(df, decisions={first: {"decision": "accept"}})
+    qd = views.review_queue(fake_df, decisions={first: {"decision": "accept"}})
     assert qd.loc[qd["index"] == first, "decision"].iloc[0] == "accept"
-    assert first not in set(views.review_queue(df, decisions={first: "keep"}, status="unreviewed")["index"])
-    assert list(views.review_queue(df, decisions={first: "keep"}, status="reviewed")["index"]) == [first]
+    assert first not in set(views.review_queue(fake_df, decisions={first: "keep"}, status="unreviewed")["index"])
+    assert list(views.review_queue(fake_df, decisions={first: "keep"}, status="reviewed")["index"]) == [first]
     cls = CLASSES[2]
-    qc = views.review_queue(df, cutoff=0.0, classes=[cls])
+    qc = views.review_queue(fake_df, cutoff=0.0, classes=[cls])
     assert ((qc["given_label"] == cls) | (qc["suggested_label"] == cls)).all()
     pairs = views.pair_counts(q)
     g, s = pairs.iloc[0]["given_label"], pairs.iloc[0]["suggested_label"]
-    qp = views.review_queue(df, pair=(g, s))
+    qp = views.review_queue(fake_df, pair=(g, s))
     assert len(qp) == pairs.iloc[0]["count"]
     assert len(views.review_queue(None)) == 0
 

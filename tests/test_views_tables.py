@@ -7,49 +7,39 @@ from fakerun import make_fake_run
 
 from turn_core import views
 from turn_core.metrics import detection_metrics
-from turn_core.rundir import Run, list_runs
+from turn_core.rundir import list_runs
 
 
-@pytest.fixture()
-def run(tmp_path):
-    return Run(make_fake_run(tmp_path / "r", n=80, seed=3))
-
-
-@pytest.fixture()
-def df(run):
-    return run.samples()
-
-
-def test_confusion_table_counts(df):
-    t = views.confusion_table(df)
-    assert t.values.sum() == len(df)
+def test_confusion_table_counts(fake_df):
+    t = views.confusion_table(fake_df)
+    assert t.values.sum() == len(fake_df)
     assert list(t.index) == list(t.columns)
-    for g in set(df["given_label"]):
-        for s in set(df["suggested_label"]):
-            n = int(((df["given_label"] == g) & (df["suggested_label"] == s)).sum())
+    for g in set(fake_df["given_label"]):
+        for s in set(fake_df["suggested_label"]):
+            n = int(((fake_df["given_label"] == g) & (fake_df["suggested_label"] == s)).sum())
             assert t.loc[g, s] == n
-    assert views.confusion_table(df, only_flagged=True).values.sum() == int(df["flagged"].sum())
+    assert views.confusion_table(fake_df, only_flagged=True).values.sum() == int(fake_df["flagged"].sum())
 
 
-def test_noise_per_class(df):
-    t = views.noise_per_class(df)
-    assert t["images"].sum() == len(df)
-    assert t["flagged"].sum() == int(df["flagged"].sum())
+def test_noise_per_class(fake_df):
+    t = views.noise_per_class(fake_df)
+    assert t["images"].sum() == len(fake_df)
+    assert t["flagged"].sum() == int(fake_df["flagged"].sum())
     row = t.iloc[0]
-    sub = df[df["given_label"] == row["class"]]
+    sub = fake_df[fake_df["given_label"] == row["class"]]
     assert row["estimated_noise_rate"] == pytest.approx(sub["flagged"].mean())
     assert row["true_noise_rate"] == pytest.approx(sub["is_noisy"].mean())
-    assert "true_noise_rate" not in views.noise_per_class(df.drop(columns=["is_noisy"])).columns
+    assert "true_noise_rate" not in views.noise_per_class(fake_df.drop(columns=["is_noisy"])).columns
     assert len(views.noise_per_class(None)) == 0
 
 
-def test_detection_summary_prefers_metrics_then_computes(df, run):
-    from_metrics = views.detection_summary(df, run.metrics)
-    computed = views.detection_summary(df, {})
-    exp = detection_metrics(df["is_noisy"].astype(bool), df["flagged"].astype(bool), df["suspicion"])
+def test_detection_summary_prefers_metrics_then_computes(fake_df, fake_run):
+    from_metrics = views.detection_summary(fake_df, fake_run.metrics)
+    computed = views.detection_summary(fake_df, {})
+    exp = detection_metrics(fake_df["is_noisy"].astype(bool), fake_df["flagged"].astype(bool), fake_df["suspicion"])
     assert computed["f1"] == pytest.approx(exp["f1"])
     assert from_metrics["precision"] == pytest.approx(exp["precision"])
-    assert views.detection_summary(df.drop(columns=["is_noisy"]), {}) is None
+    assert views.detection_summary(fake_df.drop(columns=["is_noisy"]), {}) is None
 
 
 def test_runs_table(tmp_path):

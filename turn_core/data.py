@@ -163,7 +163,7 @@ def _load_folder(folder: Path, source: str, classes: list[str] | None) -> Datase
                  classes=class_list, true_labels=None, splits=splits, skipped=skipped,
                  source=source)
     if classes is None:
-        _check_training_counts(ds, str(folder))
+        check_training_counts(ds, str(folder))
     return ds
 
 
@@ -180,7 +180,8 @@ def _class_list(names, classes: list[str] | None, where: str, rows=None) -> list
     return list(classes)
 
 
-def _check_training_counts(ds: Dataset, where: str) -> None:
+def check_training_counts(ds: Dataset, where: str) -> None:
+    """At least 2 classes and 2 training images per class, else ``InputError`` naming ``where``."""
     train = ds.labels[ds.splits == "train"]
     counts = np.bincount(train, minlength=len(ds.classes))
     if (counts > 0).sum() < 2:
@@ -261,7 +262,7 @@ def _load_csv(csv_path: Path, source: str, root: str | Path | None,
         splits=np.array([rows.splits[i] for i in keep], dtype=str),
         skipped=skipped, source=source)
     if classes is None:
-        _check_training_counts(ds, where)
+        check_training_counts(ds, where)
     return ds
 
 
@@ -370,4 +371,4 @@ def _relative_path(raw: str, real_root: Path, where: str, line: int) -> str:
     return norm
 
 
-__all__ = ["SPLITS", "TRUE_LABEL_COLUMNS", "Dataset", "load_dataset"]
+__all__ = ["SPLITS", "TRUE_LABEL_COLUMNS", "Dataset", "check_training_counts", "load_dataset"]

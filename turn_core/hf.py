@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .config import cache_dir
-from .data import Dataset
+from .data import Dataset, check_training_counts
 from .errors import InputError
 
 HF_PREFIX = "hf://"
@@ -88,7 +88,7 @@ def load_hf_dataset(source: str | Path, *, image_column: str | None = None,
         truth=None if truth_column is None else np.asarray(rows["truth"], dtype=np.int64),
         splits=np.asarray(rows["splits"], dtype=str), skipped=rows["skipped"], source=str(source))
     if classes is None:
-        _check_counts(ds, str(source))
+        check_training_counts(ds, str(source))
     return ds
 
 
@@ -353,18 +353,6 @@ def _make_dataset(*, truth: np.ndarray | None, **kw: Any) -> Dataset:
     names = {f.name for f in dataclasses.fields(Dataset)}
     field = "true_labels" if "true_labels" in names else "clean_labels"
     return Dataset(**kw, **{field: truth})
-
-
-def _check_counts(ds: Dataset, where: str) -> None:
-    """At least 2 classes and 2 training images per class (as for an image folder)."""
-    counts = np.bincount(ds.labels[ds.splits == "train"], minlength=len(ds.classes))
-    if (counts > 0).sum() < 2:
-        raise InputError(f"{where}: the training split needs at least 2 classes, found "
-                         f"{int((counts > 0).sum())}")
-    for c, n in zip(ds.classes, counts):
-        if n < 2:
-            raise InputError(f"{where}: class {c!r} has {n} training image{'s' if n != 1 else ''}"
-                             ", at least 2 are needed")
 
 
 __all__ = ["HF_PREFIX", "SPLIT_MAP", "detect_columns", "hf_record", "is_hf_source", "load_hf_dataset"]
