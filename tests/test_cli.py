@@ -173,7 +173,7 @@ def test_bad_normalisation_is_one_error_line(monkeypatch, capsys, tmp_path, flag
     def must_not_train(*a, **k):
         raise AssertionError(f"{flag} {value} was accepted and the run started")
 
-    monkeypatch.setattr(pipeline, "_run", must_not_train)
+    monkeypatch.setattr(pipeline, "run_phases", must_not_train)
     out = tmp_path / "r"
     try:
         rc = cli.main(["run", "--data", "demo", flag, value, "--out", str(out), "--quiet"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import io
 import json
 import os
 import re
@@ -15,10 +14,10 @@ import signal
 import subprocess
 import sys
 import tomllib
-import zipfile
 from pathlib import Path
 
 import pytest
+from inputs import zip_bytes
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -154,14 +153,6 @@ def test_no_pickle_deserialisation_in_the_code():
     assert not bad, bad
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def app_env(app_runs_root):
     return app_runs_root
@@ -180,7 +171,7 @@ def test_zip_upload_with_path_traversal_refused_on_the_page(app_env, tmp_path, m
     monkeypatch.setenv("TURN_AUDIT_DATA_ROOTS", str(tmp_path))
     at = _data_page()
     at.radio(key="src_kind").set_value("zip").run()
-    evil = _zip({"ds/cat/a.png": b"x", "../../escaped.txt": b"owned"})
+    evil = zip_bytes({"ds/cat/a.png": b"x", "../../escaped.txt": b"owned"})
     at.file_uploader(key="up_zip").set_value(("evil.zip", evil, "application/zip")).run()
     assert not at.exception, [e.value for e in at.exception]
     errors = [e.value for e in at.error]

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import io
-import zipfile
 from pathlib import Path
 
 import pytest
+from inputs import zip_bytes
 
 from turn_core.data import load_dataset
 from turn_core.errors import InputError
@@ -29,14 +29,6 @@ def _png() -> bytes:
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
     return buf.getvalue()
 
 
@@ -79,12 +71,12 @@ def test_uploaded_folder_with_a_bad_name_is_refused(tmp_path):
 
 def test_zip_of_class_folders_and_of_a_manifest(tmp_path):
     png = _png()
-    folder_zip = _zip({"set/cat/1.png": png, "set/dog/2.png": png})
+    folder_zip = zip_bytes({"set/cat/1.png": png, "set/dog/2.png": png})
     got = Path(resolve_source("zip", io.BytesIO(folder_zip), tmp_path))
     assert got.is_dir() and got.name == "set"
     # a manifest with its images in a sub-folder: the manifest is what gets loaded
     manifest = b"path,label\nimages/1.png,cat\nimages/2.png,dog\nimages/3.png,cat\nimages/4.png,dog\n"
-    man_zip = _zip({"m/labels.csv": manifest, **{f"m/images/{i}.png": png for i in range(1, 5)}})
+    man_zip = zip_bytes({"m/labels.csv": manifest, **{f"m/images/{i}.png": png for i in range(1, 5)}})
     got = Path(resolve_source("zip", man_zip, tmp_path))
     assert got.name == "labels.csv"
     assert load_dataset(got).classes == ["cat", "dog"]
