@@ -71,10 +71,15 @@ def test_recall_detects_a_wrong_index():
     assert knn.recall_at_k(shuffled, exact) < 0.5
 
 
-def test_choose_method_by_size_and_device():
+def test_choose_method_by_size_and_device(monkeypatch):
+    import importlib.util
+
     assert knn.choose_method(1000) == "exact"
     assert knn.choose_method(knn.EXACT_MAX + 1) == "hnsw"
     assert knn.choose_method(10 * knn.EXACT_MAX, "cuda") == "exact"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a))
+    assert knn.choose_method(knn.EXACT_MAX + 1) == "bf16-rerank"      # no faiss: no crash
 
 
 def test_small_inputs_and_unknown_method():

@@ -52,10 +52,13 @@ def normalise(features) -> np.ndarray:
 
 
 def choose_method(n: int, device: str = "cpu") -> str:
-    """``exact`` on a GPU and on small CPU data, ``hnsw`` above ``EXACT_MAX`` rows on a CPU."""
-    if device.startswith("cuda"):
+    """``exact`` on a GPU and on small CPU data; above ``EXACT_MAX`` rows on a CPU ``hnsw``, or
+    ``bf16-rerank`` (still quadratic, but no extra package) when faiss is not installed."""
+    if device.startswith("cuda") or n <= EXACT_MAX:
         return "exact"
-    return "exact" if n <= EXACT_MAX else "hnsw"
+    import importlib.util
+
+    return "hnsw" if importlib.util.find_spec("faiss") is not None else "bf16-rerank"
 
 
 def search(features, k: int = 10, *, method: str = "auto", device: str | None = None,
