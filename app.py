@@ -8,15 +8,12 @@ shared helpers are in ``pages/_shared.py``. The one background job registry is p
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
+# `streamlit run` puts this file's folder first on sys.path, so `pages` is the folder beside it,
+# in a checkout and in an installed turn_audit_app alike.
 from pages import _shared as sh
 from pages import _state as keys
 from turn_core.rundir import list_runs

@@ -1,4 +1,4 @@
-"""Command line: ``python -m turn_core run | demo | export``.
+"""Command line: ``turn-audit`` (or ``python -m turn_core``) ``run | demo | export | app``.
 
 Every RunConfig field is a ``--flag``, generated from the field's metadata (help, group, choices),
 so the CLI and the app can never drift apart. The settings are checked (``settings.check_names``)
@@ -149,6 +149,31 @@ def _do_run(config: RunConfig, quiet: bool) -> int:
     return 0
 
 
+def app_script() -> Path:
+    """The workbench's main script: the installed package ``turn_audit_app``'s app.py, or the
+    checkout's app.py when the package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("turn_audit_app")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / "app.py").is_file():
+            return Path(folder) / "app.py"
+    return Path(__file__).resolve().parents[1] / "app.py"
+
+
+def _start_app(extra: list[str]) -> int:
+    """``streamlit run`` on the workbench with the checkout's server settings (upload limit,
+    no telemetry); returns Streamlit's exit code."""
+    import subprocess
+
+    script = app_script()
+    if not script.is_file():
+        raise TurnAuditError(f"the workbench's app.py is not at {script}: reinstall turn-audit")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.maxUploadSize", "1024",
+           "--browser.gatherUsageStats", "false", *extra]
+    return subprocess.call(cmd)
+
+
 def _export_csv(args: argparse.Namespace) -> Path:
     from .export import write_corrected_csv
 
@@ -175,7 +200,7 @@ EXPORT_FORMATS = {"csv": _export_csv, "label-studio": _export_label_studio,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m turn_core",
+    p = _Parser(prog="turn-audit",
                                 description="TURN Audit: find mislabeled images with TURN (Ahn et al., IJCAI 2024).")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run TURN (or a baseline) on a dataset",
@@ -185,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run TURN on the built-in offline demo (MNIST digits with injected noise)")
     d.add_argument("--quiet", action="store_true")
     add_config_flags(d, skip=("data",))
+    a = sub.add_parser("app", help="start the Streamlit workbench (http://localhost:8501); "
+                                   "other arguments go to `streamlit run` (e.g. --server.port 8600)")
     e = sub.add_parser("export", help="export corrected labels (suggestions + review decisions), or the run's "
                                       "results for cleanlab, FiftyOne or Label Studio")
     e.add_argument("run_dir", type=Path)
@@ -203,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if args.command == "app":
+            return _start_app(extra)    # the rest is for `streamlit run`
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "run":
             if not getattr(args, "data", None):
                 raise TurnAuditError("--data is required (a folder, a CSV manifest, or 'demo')")

@@ -1,0 +1,239 @@
+"""Shared UI helpers of the workbench (not a page: app.py does not register it).
+
+Holds the process-wide job registry (``st.cache_resource``: the app's one registry), the runs
+root, the selected run, cached readers of the run directory and small widgets every page uses.
+No algorithm code: derived data comes from ``turn_core.views`` / ``turn_core.projections``;
+session-state keys come from ``pages/_state.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from pages import _state as keys
+from turn_core import views
+from turn_core.errors import InputError
+from turn_core.jobs import JobRegistry, recover_interrupted
+from turn_core.review import ReviewStore
+from turn_core.rundir import STATES, Run
+
+# Streamlit treats a folder named pages/ next to the main script as a v1 multipage app until the
+# first st.navigation call in the process: a first visit straight to /review would then run
+# pages/review.py alone, without the frame. Switch v1 off and rerun through app.py instead.
+try:
+    from streamlit.runtime.pages_manager import PagesManager as _PM
+
+    if _PM.uses_pages_directory:
+        _PM.uses_pages_directory = False
+        st.rerun()
+except ImportError:  # pragma: no cover - other Streamlit versions
+    pass
+
+RUNS_ENV = "TURN_AUDIT_RUNS"
+DEFAULTS_ENV = "TURN_AUDIT_DEFAULTS"
+_ICONS = {"running": ":green[:material/play_circle:]", "finished": ":green[:material/check_circle:]",
+          "failed": ":red[:material/error:]", "cancelled": ":gray[:material/stop_circle:]",
+          "interrupted": ":orange[:material/warning:]", "incomplete": ":gray[:material/help:]"}
+# One icon per run state rundir knows, plus "incomplete" (status.json unreadable, as read_status
+# reports it): a state added there without an icon here fails at import, not on screen.
+STATE_ICONS = {state: _ICONS[state] for state in (*STATES, "incomplete")}
+
+
+# --------------------------------------------------------------------------- process-wide state
+def runs_root() -> Path:
+    root = Path(os.environ.get(RUNS_ENV) or "runs").expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    return root
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> JobRegistry:
+    """The one JobRegistry of this server process (kept across reruns, sessions and tabs)."""
+    return JobRegistry()
+
+
+@st.cache_resource(show_spinner=False)
+def _recovered(root: str) -> float:
+    """Mark runs left 'running' by a dead process as interrupted, once per server and root."""
+    recover_interrupted(root)
+    return time.time()
+
+
+def startup() -> None:
+    try:
+        _recovered(str(runs_root()))
+    except OSError as e:
+        st.sidebar.warning(f"Could not check for interrupted runs: {e}")
+
+
+def current_job_snapshot() -> dict | None:
+    """The running (or last) job of this server as ``Job.snapshot()``; None before any."""
+    job = registry().current()
+    return job.snapshot() if job is not None else None
+
+
+def defaults() -> dict[str, Any]:
+    """RunConfig field overrides from TURN_AUDIT_DEFAULTS (JSON), for demos and the browser test."""
+    raw = os.environ.get(DEFAULTS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        d = json.loads(raw)
+        return d if isinstance(d, dict) else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+# --------------------------------------------------------------------------- selected run
+def select_run(name: str | None) -> None:
+    """Ask the frame to select run ``name`` on the next rerun (pages run after the picker)."""
+    st.session_state[keys.PENDING_RUN] = name
+
+
+def run_dir() -> Path | None:
+    name = st.session_state.get(keys.RUN)
+    if not name:
+        return None
+    d = runs_root() / name
+    return d if d.is_dir() else None
+
+
+def open_run(require_samples: bool = False) -> Run | None:
+    """The selected run, or None with a message explaining what to do."""
+    d = run_dir()
+    if d is None:
+        st.info("No run selected. Start one on **Data & run**, or pick one in the sidebar.")
+        return None
+    try:
+        run = Run(d)
+    except Exception as e:  # noqa: BLE001
+        st.error(f"Cannot open run {d.name}: {e}")
+        return None
+    if require_samples and not (d / "samples.csv").exists():
+        state = run.status.get("state")
+        if state == "running":
+            st.info(f"Run **{d.name}** is still training; this page fills in when it finishes "
+                    "(see **Training**).")
+        else:
+            err = run.status.get("error")
+            st.warning(f"Run **{d.name}** is {state} and has no results (samples.csv missing)."
+                       + (f" Cause: {err}" if err else ""))
+        return None
+    return run
+
+
+def file_stamp(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _samples(run_dir_s: str, stamp: float):
+    return Run(run_dir_s).samples()
+
+
+def samples(run: Run):
+    """samples.csv as a DataFrame (cached until the file changes)."""
+    return _samples(str(run.dir), file_stamp(run.dir / "samples.csv"))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _normalised_features(run_dir_s: str, which: str, stamp: float):
+    f = Run(run_dir_s).features(which)
+    return None if f is None else views.normalise_rows(f)
+
+
+def normalised_features(run: Run, which: str = "post"):
+    """Row-normalised features for neighbour search: post-FFT when present, else pretrained."""
+    for w in ((which, "pre") if which != "pre" else ("pre",)):
+        p = run.dir / f"features_{w}.npy"
+        if p.exists():
+            f = _normalised_features(str(run.dir), w, file_stamp(p))
+            if f is not None:
+                return f
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _thumb_png(run_dir_s: str, index: int, stamp: float, min_side: int) -> bytes | None:
+    img = Run(run_dir_s).thumbnail(index)
+    return None if img is None else views.png_bytes(img, min_side)
+
+
+def thumb_png(run: Run, index: int, min_side: int = 96) -> bytes | None:
+    return _thumb_png(str(run.dir), int(index), file_stamp(run.dir / "thumbs.npy"), min_side)
+
+
+def review_store(run: Run) -> ReviewStore:
+    return ReviewStore(run.dir)
+
+
+def decisions(store: ReviewStore) -> dict:
+    """The effective decisions (index → Decision); {} with a message when they are unreadable."""
+    try:
+        return store.latest()
+    except InputError as e:  # a locked or broken review.sqlite: show the page without them
+        st.error(f"Cannot read review decisions: {e}")
+        return {}
+
+
+def flash(message_key: str, show) -> None:
+    """Show (with ``show``, e.g. st.toast) and forget the message a callback left under
+    ``message_key``: callbacks run before the page, so they cannot draw it themselves."""
+    msg = st.session_state.pop(message_key, None)
+    if msg:
+        show(msg)
+
+
+def cutoff_for(run: Run, df) -> float:
+    """The user's suspicion cut-off for this run (Loss page), else the run's own flag count."""
+    key = keys.cutoff(run.dir.name)
+    if key not in st.session_state:
+        st.session_state[key] = views.default_cutoff(df)
+    return float(st.session_state[key])
+
+
+def state_label(state: str | None) -> str:
+    return f"{STATE_ICONS.get(state or '', '')} {state or 'unknown'}"
+
+
+def run_header(run: Run) -> dict:
+    st_ = run.status
+    state = st_.get("state")
+    s = run.settings
+    bits = [state_label(state), f"method **{s.get('method', st_.get('method', '?'))}**",
+            f"data `{s.get('data', '?')}`"]
+    st.caption(" · ".join([f"run **{run.dir.name}**"] + bits))
+    return st_
+
+
+def reviewer_name() -> str:
+    return st.session_state.get(keys.REVIEWER) or "anonymous"
+
+
+def page_preamble(title: str, empty_message: str | None = None):
+    """Title, the selected run with its header, and its samples table — or stop the page.
+
+    The opening every run-reading page shares; ``empty_message`` is shown when the run has no
+    samples (the page stops either way)."""
+    st.title(title)
+    run = open_run(require_samples=True)
+    if run is None:
+        st.stop()
+    run_header(run)
+    df = samples(run)
+    if df is None or len(df) == 0:
+        if empty_message:
+            st.warning(empty_message)
+        st.stop()
+    return run, df

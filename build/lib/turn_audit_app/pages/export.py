@@ -1,0 +1,144 @@
+"""Export: corrected labels, the cleaned manifest, Label Studio tasks; a new run on the result."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from pages import _shared as sh
+from pages import _state as keys
+from turn_core import export as ex
+from turn_core.errors import InputError
+
+st.title("Export")
+run = sh.open_run(require_samples=True)
+if run is None:
+    st.stop()
+sh.run_header(run)
+store = sh.review_store(run)
+try:
+    n_rev = store.count_reviewed()
+except InputError as e:
+    st.error(str(e))
+    st.stop()
+df = sh.samples(run)
+st.markdown(f"**{n_rev} images reviewed** of {len(df)} · unreviewed images keep their given label "
+            "(and the run's flag in `is_label_issue`).")
+
+try:
+    corrected = ex.corrected_labels(run.dir)
+except InputError as e:
+    st.error(str(e))
+    st.stop()
+
+exports_dir = run.dir / "exports"
+
+
+def _write_corrected() -> None:
+    try:
+        p = ex.write_corrected_csv(run.dir, exports_dir / "corrected_labels.csv")
+        st.session_state[keys.EXPORT_MESSAGE] = f"Also written to {p}"
+    except Exception as e:  # noqa: BLE001
+        st.session_state[keys.EXPORT_MESSAGE] = f"Could not write to disk: {e}"
+
+
+sh.flash(keys.EXPORT_MESSAGE, st.toast)
+
+# ------------------------------------------------------------------ corrected labels
+st.subheader("Corrected labels")
+st.caption("Columns: `path, given_label, suggested_label, final_label, decision, suspicion, is_label_issue`. "
+           "`suspicion` lies in [0, 1]: **higher = more likely mislabeled**. `final_label` is empty for "
+           "excluded images. `is_label_issue` is 1 when the label is wrong: the run's flag until "
+           "someone reviewed the image, then the reviewer's answer.")
+try:
+    tmp = exports_dir / ".download_corrected.csv"
+    ex.write_corrected_csv(run.dir, tmp)
+    csv_bytes = tmp.read_bytes()
+    tmp.unlink(missing_ok=True)
+except Exception:  # noqa: BLE001 - fall back to the table as is
+    csv_bytes = corrected.to_csv(index=False).encode("utf-8")
+c1, c2 = st.columns([2, 3])
+c1.download_button("Download corrected_labels.csv", csv_bytes, file_name=f"corrected_labels-{run.dir.name}.csv",
+                   mime="text/csv", type="primary", key="dl_corrected", on_click=_write_corrected)
+c2.caption(f"Also written to `{exports_dir / 'corrected_labels.csv'}` when you download, or with "
+           "**Write every export to disk** below.")
+show_changed = st.toggle("Show only changed or flagged rows", value=True, key="ex_changed")
+view = corrected[(corrected["decision"] != "unreviewed") | (corrected["is_label_issue"] == 1)] if show_changed \
+    else corrected
+st.dataframe(view, hide_index=True, width="stretch", height=260)
+
+# ------------------------------------------------------------------ changes & outcome
+left, right = st.columns(2)
+with left:
+    st.subheader("Changes per class")
+    try:
+        st.dataframe(ex.changes_per_class(run.dir), hide_index=True, width="stretch")
+    except Exception as e:  # noqa: BLE001
+        st.caption(f"Not available: {e}")
+with right:
+    st.subheader("What the review achieved")
+    out = None
+    try:
+        out = ex.review_outcome(run.dir)
+    except Exception as e:  # noqa: BLE001
+        st.caption(f"Not available: {e}")
+    if out is None:
+        st.caption("Needs the true labels (the demo, or a manifest with a true_label column).")
+    else:
+        m = st.columns(3)
+        m[0].metric("Errors fixed", out["errors_fixed"])
+        m[1].metric("Errors introduced", out["errors_introduced"])
+        m[2].metric("Errors remaining", out["errors_remaining"], delta=out["errors_remaining"] - out["errors_before"],
+                    delta_color="inverse")
+        st.caption(f"{out['errors_before']} wrong labels before review · {out['errors_excluded']} wrong and "
+                   f"{out['clean_excluded']} right labels excluded · {out['n_reviewed']} images reviewed.")
+
+# ------------------------------------------------------------------ manifest & Label Studio
+st.subheader("Cleaned manifest and Label Studio")
+c1, c2, c3 = st.columns(3)
+try:
+    manifest_csv = ex.clean_manifest_csv(run.dir)
+    c1.download_button("Download cleaned manifest (CSV)", manifest_csv.encode("utf-8"),
+                       file_name=f"cleaned-{run.dir.name}.csv", mime="text/csv", key="dl_manifest",
+                       help="path,label — excluded images dropped, corrected labels applied; "
+                            "paths relative to the dataset folder. Reads back into turn_core unchanged.")
+except Exception as e:  # noqa: BLE001
+    c1.caption(f"Manifest not available: {e}")
+try:
+    tasks = ex.label_studio_tasks(run.dir)
+    c2.download_button(f"Download Label Studio tasks ({len(tasks)} flagged images)",
+                       json.dumps(tasks, ensure_ascii=False, indent=2).encode("utf-8"),
+                       file_name=f"label_studio_tasks-{run.dir.name}.json", mime="application/json",
+                       key="dl_ls", help="Predictions with a `score` for each flagged image, most suspicious first.")
+    c2.download_button("Download Label Studio config (XML)", ex.label_studio_config(run.classes).encode("utf-8"),
+                       file_name="label_studio_config.xml", mime="application/xml", key="dl_ls_cfg")
+except Exception as e:  # noqa: BLE001
+    c2.caption(f"Label Studio export not available: {e}")
+if c3.button("Write every export to disk", key="ex_write_all"):
+    try:
+        paths = ex.export_all(run.dir)
+        st.success("Written:\n" + "\n".join(f"- `{p}`" for p in paths.values()))
+    except Exception as e:  # noqa: BLE001
+        st.error(f"Could not write the exports: {e}")
+
+# ------------------------------------------------------------------ new run on the cleaned data
+st.subheader("Train again on the cleaned labels")
+st.caption("Writes the cleaned manifest next to the dataset and starts a new run on it with the same settings.")
+job = sh.current_job_snapshot()
+busy = bool(job and job.get("state") == "running")
+if busy:
+    st.warning("A run is training on this server; one run at a time.")
+if st.button("Start a new run on the cleaned manifest", disabled=busy, key="ex_rerun"):
+    try:
+        cfg = ex.cleaned_run_config(run.dir, sh.runs_root())
+        sh.registry().start(cfg)
+    except InputError as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - BusyError and the unexpected: one line for people
+        st.error(f"Could not start: {type(e).__name__}: {e}")
+    else:
+        name = Path(cfg.out).name
+        st.success(f"Manifest written to `{cfg.data}`; run {name} started.")
+        sh.select_run(name)
+        st.switch_page("pages/training.py")

@@ -1,0 +1,201 @@
+"""Review: suspects ranked by suspicion; accept / relabel / keep / exclude, stored at once."""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _shared as sh
+from pages import _state as keys
+from turn_core import views
+from turn_core.errors import InputError
+from turn_core.review import accept_suggestions, record_decision
+
+run, df = sh.page_preamble("Review")
+store = sh.review_store(run)
+
+name = run.dir.name
+classes = run.classes or sorted(set(df["given_label"]) | set(df["suggested_label"]))
+cutoff = sh.cutoff_for(run, df)
+dec = sh.decisions(store)
+by_index = df.set_index("index", drop=False)
+
+# ------------------------------------------------------------------ filters
+full_queue = views.review_queue(df, cutoff=cutoff, decisions=dec)
+n_rev = int((full_queue["decision"] != "").sum()) if len(full_queue) else 0
+st.markdown(f"### {n_rev} of {len(full_queue)} suspects reviewed")
+st.progress(n_rev / len(full_queue) if len(full_queue) else 1.0)
+st.caption(f"Queue: suspicion ≥ {cutoff:.3f} (move it on **Loss distributions**) · "
+           f"{len(dec)} decisions stored in `review.sqlite` · reviewer **{sh.reviewer_name()}**")
+
+status_key = keys.review("status", name)
+f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
+cls_filter = f1.multiselect("Class (given or suggested)", classes, key=keys.review("cls", name))
+pairs = views.pair_counts(full_queue)
+pair_map = {f"{r.given_label} → {r.suggested_label} ({int(r.count)})": (r.given_label, r.suggested_label)
+            for r in pairs.itertuples()}
+pair_pick = f2.selectbox("Given → suggested", ["All pairs"] + list(pair_map), key=keys.review("pair", name))
+status = f3.radio("Show", ["unreviewed", "all", "reviewed"], key=status_key, horizontal=True)
+per_page = int(f4.selectbox("Per page", [12, 24, 48], key=keys.review("pp", name)))
+queue = views.review_queue(df, cutoff=cutoff, decisions=dec, classes=cls_filter or None,
+                           pair=pair_map.get(pair_pick), status=status)
+qidx = [int(i) for i in queue["index"]]
+
+cur_key = keys.review("cur", name)
+cur = st.session_state.get(cur_key)
+if cur not in qidx:
+    cur = qidx[0] if qidx else None
+    st.session_state[cur_key] = cur
+
+
+# ------------------------------------------------------------------ actions (callbacks)
+def _report(done) -> bool:
+    st.session_state[keys.REVIEW_TOAST if done.ok else keys.REVIEW_ERROR] = done.message
+    return done.ok
+
+
+def _decide(index: int, decision: str, picked: str | None = None) -> None:
+    row = by_index.loc[index]
+    done = record_decision(store, index, decision, given=str(row["given_label"]),
+                           suggested=str(row["suggested_label"]), picked=picked, reviewer=sh.reviewer_name())
+    if _report(done):
+        st.session_state[cur_key] = views.after_decision(qidx, index, store.latest())
+
+
+def _relabel(index: int) -> None:
+    label = st.session_state.get(keys.review("relabel", name))
+    if label:
+        _decide(index, "relabel", label)
+
+
+def _undo() -> None:
+    try:
+        d = store.undo_last(sh.reviewer_name())
+    except InputError as e:  # storage trouble: say so, like a decision that was not stored
+        st.session_state[keys.REVIEW_ERROR] = f"Not undone: {e}"
+        return
+    if d is None:
+        st.session_state[keys.REVIEW_TOAST] = "Nothing to undo"
+        return
+    st.session_state[keys.REVIEW_TOAST] = f"Undid #{d.index} ({d.decision})"
+    st.session_state[cur_key] = int(d.index)
+    if st.session_state.get(status_key) == "reviewed":  # make sure the undone image shows again
+        st.session_state[status_key] = "all"
+
+
+def _step(delta: int) -> None:
+    st.session_state[cur_key] = views.step(qidx, st.session_state.get(cur_key), delta)
+
+
+def _open(index: int) -> None:
+    st.session_state[cur_key] = int(index)
+
+
+def _accept_page(indices: list[int]) -> None:
+    _report(accept_suggestions(store, [(i, by_index.loc[i, "suggested_label"]) for i in indices],
+                               sh.reviewer_name()))
+
+
+sh.flash(keys.REVIEW_TOAST, st.toast)
+sh.flash(keys.REVIEW_ERROR, st.error)
+
+# ------------------------------------------------------------------ focus card
+st.divider()
+if cur is None:
+    if len(full_queue) and status == "unreviewed":
+        st.success("Every suspect in this view is reviewed. Export the result on **Export**.")
+    else:
+        st.info("No suspect matches these filters.")
+    st.button("Undo my last decision", key="rv_undo_empty", on_click=_undo, shortcut="U")
+else:
+    row = by_index.loc[cur]
+    d = dec.get(cur)
+    left, mid, right = st.columns([2, 3, 3])
+    with left:
+        png = sh.thumb_png(run, cur, min_side=256)
+        if png:
+            st.image(png, width="stretch", caption=str(row["path"]))
+        pos = qidx.index(cur) + 1
+        st.caption(f"Suspect {pos} of {len(qidx)} in this view · image #{cur}")
+    with mid:
+        st.markdown(f"**Given label:** {row['given_label']}")
+        st.markdown(f"**Suggested label:** {row['suggested_label']}")
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Suspicion", f"{float(row['suspicion']):.3f}")
+        m2.metric("Confidence", f"{float(row['confidence']):.2f}",
+                  help="Model probability of the suggested label.")
+        m3.metric("Neighbours agree", f"{float(row['knn_agreement']):.0%}",
+                  help="Share of nearest neighbours in feature space with the same given label.")
+        if d is not None:
+            st.info(f"Decision: **{d.decision}**" + (f" → {d.final_label}" if d.final_label else "")
+                    + f" by {d.reviewer or 'anonymous'}")
+        b1, b2 = st.columns(2)
+        b1.button(f"Accept → {row['suggested_label']}", key="rv_accept", type="primary", shortcut="A",
+                  on_click=_decide, args=(cur, "accept"), width="stretch")
+        b2.button(f"Keep {row['given_label']}", key="rv_keep", shortcut="K",
+                  on_click=_decide, args=(cur, "keep"), width="stretch")
+        b3, b4 = st.columns(2)
+        b3.button("Exclude / unclear", key="rv_exclude", shortcut="X",
+                  on_click=_decide, args=(cur, "exclude"), width="stretch")
+        b4.button("Undo my last", key="rv_undo", shortcut="U", on_click=_undo, width="stretch")
+        r1, r2 = st.columns([3, 2])
+        others = [c for c in classes if c != row["given_label"]] or classes
+        r1.selectbox("Another class", others, key=keys.review("relabel", name), label_visibility="collapsed")
+        r2.button("Relabel", key="rv_relabel_btn", shortcut="L", on_click=_relabel, args=(cur,),
+                  width="stretch")
+        n1, n2 = st.columns(2)
+        n1.button("◀ Previous", key="rv_prev", shortcut="P", on_click=_step, args=(-1,), width="stretch")
+        n2.button("Next ▶", key="rv_next", shortcut="N", on_click=_step, args=(1,), width="stretch")
+        st.caption("Keys: **A** accept · **K** keep · **X** exclude · **L** relabel · **U** undo · "
+                   "**N**/**P** next/previous")
+    with right:
+        st.markdown("**Nearest neighbours** (feature space)")
+        feats = sh.normalised_features(run, "post")
+        nb = views.neighbour_table(df, feats, cur, k=8, normalised=True) if feats is not None else None
+        if nb is None or len(nb) == 0:
+            st.caption("No features saved for this run.")
+        else:
+            vote = views.neighbour_vote(nb)
+            st.caption("Their given labels: " + ", ".join(f"{k} × {v}" for k, v in vote.items()))
+            grid = st.columns(4)
+            for j, r in enumerate(nb.itertuples()):
+                with grid[j % 4]:
+                    p = sh.thumb_png(run, int(r.index), 64)
+                    if p:
+                        st.image(p, width="stretch")
+                    st.caption(f"{r.given_label} · {r.similarity:.2f}")
+    hist = store.history(cur)
+    if hist:
+        with st.expander(f"History of image #{cur} ({len(hist)})"):
+            import pandas as pd
+
+            st.dataframe(pd.DataFrame([{"when": views.fmt_time(h.created_at), "decision": h.decision,
+                                        "final_label": h.final_label, "reviewer": h.reviewer} for h in hist]),
+                         hide_index=True, width="stretch")
+
+# ------------------------------------------------------------------ page grid
+st.divider()
+if qidx:
+    pkey = keys.review("page", name)
+    start, stop, n_pages = views.paginate(len(qidx), int(st.session_state.get(pkey, 1)), per_page)
+    page = start // per_page + 1
+    top1, top2 = st.columns([3, 2])
+    top1.markdown(f"**Suspects {start + 1}–{stop} of {len(qidx)}**")
+    page_items = qidx[start:stop]
+    unrev = [i for i in page_items if not views.decision_name(dec.get(i))]
+    top2.button(f"Accept all {len(unrev)} unreviewed suggestions on this page", key="rv_bulk",
+                disabled=not unrev, on_click=_accept_page, args=(unrev,))
+    ncol = 6
+    for r0 in range(0, len(page_items), ncol):
+        cols = st.columns(ncol)
+        for c, i in zip(cols, page_items[r0:r0 + ncol]):
+            row = by_index.loc[i]
+            with c:
+                p = sh.thumb_png(run, i, 96)
+                if p:
+                    st.image(p, width="stretch")
+                dn = views.decision_name(dec.get(i))
+                mark = f" · **{dn}**" if dn else ""
+                st.caption(f"{row['given_label']} → {row['suggested_label']} · {float(row['suspicion']):.2f}{mark}")
+                st.button("Open" if i != cur else "● Open", key=f"rv_open_{i}", on_click=_open, args=(i,),
+                          width="stretch")
+    if n_pages > 1:
+        st.pagination(n_pages, default=page, key=pkey)

@@ -1,0 +1,317 @@
+"""Decode every image once, safely, into a uint8 memmap cache.
+
+* ``load_rgb``: open any image Pillow reads and return it as 8-bit RGB (EXIF orientation
+  applied, transparency composited on white, 16-bit and float scaled, first frame of an
+  animation), or raise ``ImageSkip`` with a short reason a person can read.
+* ``resize_square``: shorter side → ``size``, centre crop (timm's eval transform, crop_pct 1).
+* ``build_image_cache``: decode a list of files with a thread pool into
+  ``cache_dir/images-<key>-<size>.npy`` (N, size, size, 3) uint8, reused on the next run;
+  images that cannot be used are zero rows, reported as ``{index: reason}``. The key
+  (``cache_key``) is the files' identity only, never their labels: a relabelled manifest
+  reuses the decoded images.
+* ``make_thumbnails``: small copies of the cached images for the review pages.
+
+One bad file never stops a run: it becomes a skipped row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from struct import error as struct_error
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .progress import CancelToken, check
+
+MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard: width × height above this is skipped
+
+# Every format Pillow opens, except EPS/PS: Pillow renders those by running Ghostscript on the
+# file, which is not a thing to do with an untrusted upload.
+_UNSAFE_FORMATS = {"EPS"}
+
+
+class ImageSkip(Exception):
+    """This image cannot be used; ``reason`` is a short explanation for a person."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@lru_cache(maxsize=1)
+def _open_formats() -> tuple[str, ...]:
+    Image.init()  # registers every plugin, so Image.OPEN is complete
+    return tuple(sorted(set(Image.OPEN) - _UNSAFE_FORMATS))
+
+
+# --------------------------------------------------------------------------- decoding
+def load_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, *,
+             draft_size: int | None = None) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image (fully loaded, file closed).
+
+    max_pixels: images with width × height above this are refused before any pixel is decoded.
+    draft_size: optional hint that the image will be shrunk so its shorter side is
+    ``draft_size``; JPEGs are then decoded at the smallest DCT scale that keeps it (much faster
+    on large photos, same result after resizing).
+    Raises ``ImageSkip(reason)``.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageSkip("zero-byte file")
+    except FileNotFoundError:
+        raise ImageSkip("file not found") from None
+    except OSError as e:
+        raise ImageSkip(f"unreadable: {e.strerror or e}") from None
+
+    try:
+        with Image.open(path, formats=list(_open_formats())) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageSkip(f"decompression bomb: {w}×{h} pixels exceeds limit {max_pixels}")
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))  # keeps both sides >= draft_size
+            img.load()
+            return _to_rgb(_exif_transpose(img))
+    except ImageSkip:
+        raise
+    except FileNotFoundError:
+        raise ImageSkip("file not found") from None
+    except UnidentifiedImageError:
+        raise ImageSkip("not an image (cannot identify image file)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own guard (2 × Image.MAX_IMAGE_PIXELS, global) fired inside Image.open,
+        # before our check could see the size; report it in the same words.
+        numbers = re.findall(r"\d+", str(e))
+        detail = (f"{numbers[0]} pixels exceeds limit {numbers[1]}" if len(numbers) >= 2
+                  else str(e))
+        raise ImageSkip(f"decompression bomb: {detail}") from None
+    except PermissionError as e:
+        raise ImageSkip(f"unreadable: {e.strerror or e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct_error) as e:
+        # Pillow signals damaged data with any of these (truncated JPEG: OSError; broken PNG
+        # chunk: SyntaxError; bad GIF: EOFError/IndexError).
+        errno_text = getattr(e, "strerror", None)
+        if isinstance(e, OSError) and errno_text:
+            raise ImageSkip(f"unreadable: {errno_text}") from None
+        raise ImageSkip("truncated or corrupt image") from None
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    try:
+        out = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 (a malformed EXIF block should not cost the image itself)
+        return img
+    return img if out is None else out
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB, as a new image (never a view of the open file)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy()
+    if mode == "P":
+        # Palette images may carry transparency; composite those like RGBA.
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            return img
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "L" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(img), mode)).convert("RGB")
+    return img.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV, ...
+
+
+def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """High-bit-depth grey → uint8 by scaling its value range (not clipping it).
+
+    16-bit (and 32-bit int data within 0..65535, how older Pillow opens 16-bit PNGs):
+    v / 257, so 0 → 0 and 65535 → 255. Float in [0, 1]: v × 255. Anything else: min–max.
+    """
+    a = a.astype(np.float64)
+    if a.size == 0:
+        return a.astype(np.uint8)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535 and hi > 255):
+        out = a / 257.0
+    elif mode == "I" and lo >= 0 and hi <= 255:
+        out = a
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        out = a * 255.0
+    else:
+        out = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(np.nan_to_num(out)), 0, 255).astype(np.uint8)
+
+
+def resize_square(img: Image.Image, size: int) -> np.ndarray:
+    """Resize so the shorter side is ``size`` (bicubic), then centre-crop to a square.
+
+    Returns (size, size, 3) uint8. Matches timm's eval transform with crop_pct = 1.
+    """
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left = round((nw - size) / 2.0)
+    top = round((nh - size) / 2.0)
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).reshape(size, size, 3)
+
+
+# --------------------------------------------------------------------------- cache
+def cache_key(files: Sequence[str | Path]) -> str:
+    """24 hex digits identifying these files as they are on disk: absolute path, byte size and
+    modification time of each, in order. Labels play no part, so two manifests listing the same
+    files share one cache; an edited or replaced file (new size or mtime) gets a new one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            st = os.stat(f)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{os.fspath(f)}\0{stamp}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:24]
+
+
+def cache_paths(cache_dir: str | Path, key: str, size: int) -> tuple[Path, Path]:
+    """(array file, sidecar json) of the cache with this key and size."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+    base = Path(cache_dir) / f"images-{safe}-{size}"
+    return base.with_suffix(".npy"), base.with_suffix(".json")
+
+
+def _load_cached(npy: Path, side: Path, n: int, size: int) -> tuple[np.ndarray, dict[int, str]] | None:
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        arr = np.load(npy, mmap_mode="r", allow_pickle=False) if n else np.zeros((0, size, size, 3), np.uint8)
+    except (OSError, ValueError):
+        return None
+    if arr.shape != (n, size, size, 3) or arr.dtype != np.uint8 or meta.get("n") != n:
+        return None
+    return arr, {int(k): str(v) for k, v in meta.get("skipped", {}).items()}
+
+
+def _decode(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return resize_square(load_rgb(path, draft_size=size), size), None
+    except ImageSkip as e:
+        return None, e.reason
+    except Exception as e:  # noqa: BLE001 (one file never stops the run; the reason lands in skipped.csv)
+        return None, f"could not decode: {type(e).__name__}: {e}"
+
+
+def build_image_cache(files: Sequence[str | Path], size: int, cache_dir: str | Path, *,
+                      key: str | None = None,
+                      progress: Callable[[dict], None] | None = None,
+                      cancel: CancelToken | None = None,
+                      workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode ``files`` once into a (N, size, size, 3) uint8 array cached on disk.
+
+    key: identity of the cache; default ``cache_key(files)`` (paths, sizes, modification
+    times). The cache ``cache_dir/images-<key>-<size>.npy`` plus a JSON
+    sidecar (skipped rows) is reused when both exist and match N and size. Both are written
+    under temporary names and renamed, array first and sidecar last, so an interrupted build
+    is never mistaken for a finished one.
+    progress: called with ``{"phase": "cache", "kind": "step", "step", "steps",
+    "images_per_s", "t"}`` about every 2% of the files.
+    cancel: checked between chunks; raises ``turn_core.errors.Cancelled`` (the partial file is
+    removed).
+    workers: decoding threads (Pillow releases the GIL while decoding); default
+    min(8, cpu count).
+
+    Returns ``(images, skipped)``: a read-only memmap with row i = files[i] (zeros for a skipped
+    file) and ``{row index: reason}``.
+    """
+    files = [Path(f) for f in files]
+    n = len(files)
+    size = int(size)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = key or cache_key(files)
+    npy, side = cache_paths(cache_dir, key, size)
+    if npy.exists() and side.exists() or (n == 0 and side.exists()):
+        cached = _load_cached(npy, side, n, size)
+        if cached is not None:
+            return cached
+
+    tmp_npy = npy.with_name(f".{npy.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    skipped: dict[int, str] = {}
+    workers = workers or min(8, os.cpu_count() or 1)
+    chunk = max(1, min(256, -(-n // 50)))  # ~2% of the files per progress event
+    started = time.perf_counter()
+    out = None
+    try:
+        if n:
+            out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint8,
+                                            shape=(n, size, size, 3))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for lo in range(0, n, chunk):
+                check(cancel)
+                hi = min(n, lo + chunk)
+                for i, (arr, reason) in enumerate(pool.map(lambda f: _decode(f, size), files[lo:hi]), lo):
+                    if reason is None:
+                        out[i] = arr
+                    else:
+                        out[i] = 0
+                        skipped[i] = reason
+                if progress is not None:
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    progress({"phase": "cache", "kind": "step", "step": hi, "steps": n,
+                              "images_per_s": hi / elapsed, "t": time.time()})
+        if out is not None:
+            out.flush()
+            del out
+            out = None
+            with open(tmp_npy, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_npy, npy)
+        meta = {"n": n, "size": size, "key": key,
+                "skipped": {str(i): r for i, r in sorted(skipped.items())}}
+        from .rundir import atomic_write_json
+
+        atomic_write_json(side, meta)
+    finally:
+        if out is not None:
+            del out
+        if tmp_npy.exists():
+            tmp_npy.unlink()
+    images = (np.load(npy, mmap_mode="r", allow_pickle=False) if n
+              else np.zeros((0, size, size, 3), np.uint8))
+    return images, skipped
+
+
+# --------------------------------------------------------------------------- thumbnails
+def make_thumbnails(images: np.ndarray, size: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """(M, S, S, 3) uint8 → (N, T, T, 3) uint8 with T = min(size, S) (area-averaged shrink).
+
+    rows: (N,) indices of the images to shrink, in output order (default: all M). Rows are read
+    one at a time, so ``images`` may be the on-disk memmap of any size.
+    """
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    s = images.shape[1]
+    t = min(int(size), s)
+    out = np.empty((len(rows), t, t, 3), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        img = np.asarray(images[r])
+        out[i] = img if t == s else np.asarray(Image.fromarray(img).resize((t, t), Image.Resampling.BOX))
+    return out
+
+
+__all__ = ["MAX_IMAGE_PIXELS", "ImageSkip", "build_image_cache", "cache_key", "cache_paths", "load_rgb",
+           "make_thumbnails", "resize_square"]

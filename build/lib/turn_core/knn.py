@@ -1,0 +1,173 @@
+"""k nearest neighbours by cosine similarity, exact up to a size and approximate above it.
+
+One entry point, ``search(features, k)`` → ``(indices (N, k) int64, similarities (N, k) float32)``,
+each row sorted by similarity (highest first), a sample never its own neighbour. The search
+methods sit in a registry (``METHODS``) and ``choose_method`` picks one by size and device:
+
+* ``exact``: chunked matmul + top-k in float32 with torch (on the GPU when there is one). Cost
+  grows as N² · D: 32 s at 50k × 1280 on this project's 2-core CPU (../shared/notes/performance.md).
+* ``bf16-rerank``: the same pass in bfloat16 (3.5× faster matmuls on CPUs with AMX) for
+  ``k + RERANK_EXTRA`` candidates, re-ranked in float32: bf16 alone has recall 0.98, the float32
+  re-rank of a few extra candidates restores the exact order for all but near-ties.
+* ``hnsw``: faiss HNSW over a PCA projection of the features (``PCA_DIMS``) for ``k · CANDIDATES``
+  candidates, re-ranked exactly on the full features. Cost grows as N log N; used above
+  ``EXACT_MAX`` rows, where the quadratic pass would take hours.
+
+Recall of the approximate methods against ``exact`` is measured in ``bench/knn.py`` and checked
+on small data in tests/test_knn.py.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+# Above this many rows the quadratic pass is replaced by the approximate index (bench/knn.py).
+EXACT_MAX = 60_000
+RERANK_EXTRA = 8        # extra bf16 candidates re-ranked in float32
+PCA_DIMS = 128          # HNSW searches a PCA projection of this many dimensions
+CANDIDATES = 4          # HNSW returns k · CANDIDATES candidates for the exact re-rank
+HNSW_M, HNSW_EF_SEARCH, HNSW_EF_CONSTRUCTION = 32, 128, 80
+
+Search = Callable[..., tuple[np.ndarray, np.ndarray]]
+METHODS: dict[str, Search] = {}
+
+
+def register(name: str):
+    """Add a search method ``fn(unit_features, k, chunk, device) -> (indices, sims)``."""
+    def deco(fn: Search) -> Search:
+        METHODS[name] = fn
+        return fn
+    return deco
+
+
+def normalise(features) -> np.ndarray:
+    """(N, D) float32 rows scaled to unit length (zero rows stay zero): cosine = dot product.
+    Reads a float16 memmap in blocks, so the only full copy is the float32 result."""
+    f = np.empty(features.shape, dtype=np.float32)
+    for s in range(0, len(f), 65_536):
+        block = np.asarray(features[s:s + 65_536], dtype=np.float32)
+        f[s:s + len(block)] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+    return f
+
+
+def choose_method(n: int, device: str = "cpu") -> str:
+    """``exact`` on a GPU and on small CPU data; above ``EXACT_MAX`` rows on a CPU ``hnsw``, or
+    ``bf16-rerank`` (still quadratic, but no extra package) when faiss is not installed."""
+    if device.startswith("cuda") or n <= EXACT_MAX:
+        return "exact"
+    import importlib.util
+
+    return "hnsw" if importlib.util.find_spec("faiss") is not None else "bf16-rerank"
+
+
+def search(features, k: int = 10, *, method: str = "auto", device: str | None = None,
+           chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest other samples of every sample by cosine similarity.
+
+    features: (N, D) array (float16 memmap is fine). Returns (indices (N, k') int64, sims
+    (N, k') float32), k' = min(k, N − 1), each row best first. ``method``: a ``METHODS`` name or
+    "auto" (``choose_method``); ``device``: "cpu", "cuda" or None (cuda when available)."""
+    import torch
+
+    n = len(features)
+    k = max(0, min(int(k), n - 1))
+    if k == 0:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = choose_method(n, device) if method == "auto" else method
+    if name not in METHODS:
+        raise ValueError(f"neighbour search {name!r} is not one of {', '.join(METHODS)}")
+    return METHODS[name](normalise(features), k, chunk, device)
+
+
+def _topk(base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of every row of ``base`` (the unit rows as a torch tensor on the search device, in
+    the precision of the search) against all rows, self excluded; one (chunk, N) block at a time."""
+    import torch
+
+    out_i = np.empty((len(base), k), dtype=np.int64)
+    out_s = np.empty((len(base), k), dtype=np.float32)
+    for s in range(0, len(base), chunk):
+        sims = base[s:s + chunk] @ base.T
+        rows = torch.arange(sims.shape[0], device=sims.device)
+        sims[rows, s + rows] = -torch.inf   # not your own neighbour
+        val, idx = torch.topk(sims.float(), k, dim=1)
+        out_i[s:s + chunk], out_s[s:s + chunk] = idx.cpu().numpy(), val.cpu().numpy()
+    return out_i, out_s
+
+
+@register("exact")
+def _exact(f: np.ndarray, k: int, chunk: int, device: str):
+    import torch
+
+    return _topk(torch.from_numpy(f).to(device, torch.float32), k, chunk)
+
+
+def rerank(f: np.ndarray, candidates: np.ndarray, k: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among ``candidates`` (N, C) (−1 = none; self never listed) by float32 cosine on
+    unit rows ``f``; returns (indices (N, k), sims (N, k)) best first."""
+    out_i = np.empty((len(f), k), dtype=np.int64)
+    out_s = np.empty((len(f), k), dtype=np.float32)
+    for s in range(0, len(f), chunk):
+        cand = candidates[s:s + chunk]
+        safe = np.where(cand < 0, 0, cand)
+        sims = np.einsum("nd,ncd->nc", f[s:s + chunk], f[safe])
+        sims[cand < 0] = -np.inf
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        out_i[s:s + chunk] = np.take_along_axis(cand, order, axis=1)
+        out_s[s:s + chunk] = np.take_along_axis(sims, order, axis=1)
+    return out_i, out_s
+
+
+@register("bf16-rerank")
+def _bf16_rerank(f: np.ndarray, k: int, chunk: int, device: str):
+    import torch
+
+    c = min(k + RERANK_EXTRA, len(f) - 1)
+    cand, _ = _topk(torch.from_numpy(f).to(device, torch.bfloat16), c, chunk)
+    return rerank(f, cand, k)
+
+
+@register("hnsw")
+def _hnsw(f: np.ndarray, k: int, chunk: int, device: str):
+    import faiss
+
+    n, d = f.shape
+    x = f
+    if d > PCA_DIMS:
+        pca = faiss.PCAMatrix(d, PCA_DIMS)
+        rng = np.random.default_rng(0)
+        pca.train(f[np.sort(rng.choice(n, min(n, 50_000), replace=False))])
+        x = pca.apply(f)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    index = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.add(np.ascontiguousarray(x, dtype=np.float32))
+    index.hnsw.efSearch = max(HNSW_EF_SEARCH, k * CANDIDATES)
+    c = min(k * CANDIDATES + 1, n)
+    cand = np.empty((n, c - 1), dtype=np.int64)
+    for s in range(0, n, 65_536):
+        _, got = index.search(np.ascontiguousarray(x[s:s + 65_536]), c)
+        cand[s:s + len(got)] = _drop_self(got, np.arange(s, s + len(got)), c - 1)
+    return rerank(f, cand, k)
+
+
+def _drop_self(got: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """Each row of ``got`` without its own index, cut to ``width`` (−1 pads a short row)."""
+    bad = (got == rows[:, None]) | (got < 0)
+    order = np.argsort(bad, axis=1, kind="stable")[:, :width]   # the good ones first, in order
+    out = np.take_along_axis(got, order, axis=1).astype(np.int64)
+    out[np.take_along_axis(bad, order, axis=1)] = -1
+    return out
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row's exact k neighbours that the approximate row also lists."""
+    hits = [len(np.intersect1d(a, e)) for a, e in zip(approx, exact)]
+    return float(np.sum(hits) / max(exact.size, 1))
+
+
+__all__ = ["CANDIDATES", "EXACT_MAX", "METHODS", "PCA_DIMS", "choose_method", "normalise", "recall_at_k",
+           "register", "rerank", "search"]
