@@ -148,10 +148,15 @@ def wrap_model(model: torch.nn.Module, world: World, device: torch.device) -> to
     there are no batch statistics to share."""
     if world.size == 1:
         return model
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # torch >= 2.14 names the switch forward_sync_buffers (broadcast_buffers warns there)
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=ids, **no_sync)
 
 
 __all__ = ["TIMEOUT", "World", "barrier", "broadcast_array", "gather_pass", "init", "local_first",
