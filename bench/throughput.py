@@ -24,7 +24,14 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from turn_core.train import fft_epoch, fold_batchnorm, forward_pass, make_fft_optimizer, make_runtime
+from turn_core.train import (
+    fft_epoch,
+    fold_batchnorm,
+    forward_pass,
+    make_fft_optimizer,
+    make_runtime,
+    precision_name,
+)
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 PRECISION = {"fp32": None, "bf16": torch.bfloat16}
@@ -107,7 +114,7 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"mobilenetv2_100, {s} px, batch {b}, {a.threads} threads, {a.rounds} interleaved rounds "
-          f"(engine precision: passes {rt.infer_dtype or 'fp32'}, training {rt.train_dtype or 'fp32'})")
+          f"(engine precision: passes {precision_name(rt.infer_dtype)}, training {precision_name(rt.train_dtype)})")
     print("| pass | variant | img/s (median) | all rounds |\n|---|---|---|---|")
     for k, v in med.items():
         kind, _, variant = k.partition(" ")
