@@ -54,7 +54,8 @@ def test_world_from_env():
 
 # ------------------------------------------------------------------------------ torchrun
 ARGS = ["run", "--data", "demo", "--demo-n", "200", "--image-size", "32", "--lp-epochs", "3",
-        "--fft-epochs", "2", "--batch-size", "48", "--seed", "3", "--num-threads", "1", "--quiet"]
+        "--fft-epochs", "2", "--batch-size", "48", "--seed", "3", "--num-threads", "1", "--quiet",
+        "--device", "cpu"]   # bit-comparable ranks (and a GPU machine may have fewer GPUs than ranks)
 
 
 def _env(cache: Path) -> dict:

@@ -98,6 +98,9 @@ def pick_device(name: str = "auto", world: World | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and world is not None and world.size > 1:
+        if world.local_rank >= torch.cuda.device_count():
+            raise InputError(f"torchrun's LOCAL_RANK {world.local_rank} has no GPU of its own (this machine "
+                             f"has {torch.cuda.device_count()}): start fewer processes per node or use --device cpu")
         name = f"cuda:{world.local_rank}"
     device = torch.device(name)
     if device.type == "cuda":
