@@ -101,3 +101,17 @@ def test_json_round_trip_and_old_files(tmp_path):
     old = {k: v for k, v in RunConfig().to_dict().items() if not k.endswith("_column")}
     assert RunConfig.from_dict({**old, "someday": 1}) == RunConfig()
     assert set(cfg.to_dict()) == set(SETTINGS)
+
+
+def test_precision_names_are_the_trains_registry():
+    from turn_core.config import PRECISIONS
+    from turn_core.train import PRECISIONS as REGISTRY
+
+    assert set(PRECISIONS) == set(REGISTRY)
+    assert RunConfig().precision == "auto" and RunConfig().compile is False
+    assert RunConfig().loader_workers is None
+    assert SETTINGS["precision"].choices == PRECISIONS and SETTINGS["precision"].advanced
+    with pytest.raises(InputError, match="precision='fp16' is not one of auto, fp32, bf16"):
+        RunConfig(precision="fp16").validate()
+    with pytest.raises(InputError, match="loader_workers=-1 must be >= 0"):
+        RunConfig(loader_workers=-1).validate()

@@ -335,3 +335,44 @@ def test_cache_key_changes_with_the_file(tmp_path, image_files):
     files[1].write_bytes(files[1].read_bytes() + b"\0")                      # new size
     assert images.cache_key(files) not in (key, touched)
     assert images.cache_key(files[::-1]) != images.cache_key(files)          # row order matters
+
+
+# --------------------------------------------------------------------------- no room for a cache
+def test_cache_fits_against_the_free_disk(tmp_path, monkeypatch):
+    """A cache fits when its bytes plus the reserve are free; the figure comes from the disk."""
+    need = images.cache_bytes(1000, 32)
+    assert need == 1000 * 32 * 32 * 3 + 4096
+    monkeypatch.setattr(images, "free_disk_bytes", lambda path: need + images.DISK_RESERVE_BYTES)
+    assert images.cache_fits(1000, 32, tmp_path) == (True, need, need + images.DISK_RESERVE_BYTES)
+    monkeypatch.setattr(images, "free_disk_bytes", lambda path: need + images.DISK_RESERVE_BYTES - 1)
+    assert images.cache_fits(1000, 32, tmp_path)[0] is False
+
+
+def test_free_disk_bytes_of_a_folder_not_made_yet(tmp_path):
+    assert images.free_disk_bytes(tmp_path / "not" / "yet") == images.free_disk_bytes(tmp_path) > 0
+
+
+def test_cache_ready_only_for_a_finished_cache(tmp_path, image_files):
+    assert not images.cache_ready(image_files, 8, tmp_path / "cache")
+    build_image_cache(image_files, 8, tmp_path / "cache")
+    assert images.cache_ready(image_files, 8, tmp_path / "cache")
+    assert not images.cache_ready(image_files, 16, tmp_path / "cache")
+
+
+def test_decoded_images_match_the_cache(tmp_path, image_files):
+    """Without a cache the files decode to exactly the cache's rows (zeros where unreadable)."""
+    cached, _ = build_image_cache(image_files, 8, tmp_path / "cache")
+    decoded = images.DecodedImages(image_files, 8)
+    assert decoded.shape == cached.shape and len(decoded) == len(cached) and decoded.dtype == np.uint8
+    rows = np.array([8, 0, 9, 3])
+    assert np.array_equal(decoded[rows], cached[rows])
+    assert np.array_equal(decoded[2], cached[2])
+
+
+def test_scan_images_finds_the_skips_and_makes_thumbnails(tmp_path, image_files):
+    cached, skipped = build_image_cache(image_files, 8, tmp_path / "cache")
+    events = []
+    thumbs, bad = images.scan_images(image_files, 8, 4, progress=events.append, workers=2)
+    assert bad == skipped and set(bad) == {9, 10, 11}
+    assert np.array_equal(thumbs, make_thumbnails(cached, 4))
+    assert events[-1]["step"] == events[-1]["steps"] == len(image_files)

@@ -230,6 +230,10 @@ def test_config_json_round_trip(turn_run):
 
 def test_same_seed_same_result(turn_run, tmp_path):
     cfg, out, _ = turn_run
+    if json.loads((out / "config.json").read_text())["resolved"]["device"] != "cpu":
+        # GPU kernels (cudnn.benchmark, atomics) are not bit-reproducible: two CPU runs instead
+        cfg = dataclasses.replace(cfg, device="cpu", out=str(tmp_path / "cpu"))
+        out = pipeline.run(cfg)
     again = pipeline.run(dataclasses.replace(cfg, out=str(tmp_path / "again")))
     _, a = _read_csv(out / "samples.csv")
     _, b = _read_csv(again / "samples.csv")
@@ -546,3 +550,43 @@ def test_phases_run_in_parts_on_one_state(cache, tmp_path):
     with pytest.raises(ValueError, match="not one of data, backbone"):
         pipeline.run_phases(state, start="train")
     writer.close()
+
+
+# ---------------------------------------------------------------------------- no room for a cache
+def test_no_room_for_the_cache_decodes_in_the_loaders_workers(cache, skip_data, tmp_path, monkeypatch):
+    """With too little free disk the run builds no cache, says so in a warning event, decodes the
+    files in the passes, and finds the same unreadable files and numbers as a run with a cache."""
+    from turn_core import images
+
+    folder, rows = skip_data
+    data = str(_manifest(folder, rows, "nodisk.csv"))
+    with_cache = pipeline.run(_tiny(tmp_path / "cached", data=data, device="cpu"))   # CPU: bit-exact
+    before = sorted((cache / "images").glob("images-*"))
+    for npy in before:             # a cache already on disk needs no room: make it missing
+        npy.rename(npy.with_name(npy.name + ".away"))
+    monkeypatch.setattr(images, "free_disk_bytes", lambda path: 1 << 20)
+    out = pipeline.run(_tiny(tmp_path / "decoded", data=data, device="cpu"))
+
+    assert not list((cache / "images").glob("images-*.npy"))
+    warnings = [e for e in _events(out) if e["kind"] == "warning" and e["phase"] == "cache"]
+    assert len(warnings) == 1 and warnings[0]["fallback"] == "decode"
+    assert "decodes the images in the loader's workers" in warnings[0]["message"]
+    assert json.loads((out / "config.json").read_text())["resolved"]["images"] == "decoded"
+    assert json.loads((with_cache / "config.json").read_text())["resolved"]["images"] == "cache"
+    assert (out / "skipped.csv").read_text() == (with_cache / "skipped.csv").read_text()
+    assert np.array_equal(np.load(out / "thumbs.npy"), np.load(with_cache / "thumbs.npy"))
+    (_, a), (_, b) = _read_csv(with_cache / "samples.csv"), _read_csv(out / "samples.csv")
+    assert [r["suspicion"] for r in a] == [r["suspicion"] for r in b]
+
+
+def test_enough_room_builds_the_cache(cache, skip_data, tmp_path, monkeypatch):
+    from turn_core import images
+
+    folder, rows = skip_data
+    seen = []
+    monkeypatch.setattr(images, "free_disk_bytes", lambda path: seen.append(path) or 1 << 40)
+    small = [r for r in rows if r[0] != "b/0.png"]     # a new file list: its cache is not there yet
+    out = pipeline.run(_tiny(tmp_path / "r", method="ce-lp", lp_epochs=1, data=str(_manifest(folder, small, "s.csv"))))
+    assert seen, "the free disk was never checked"
+    assert not [e for e in _events(out) if e["kind"] == "warning" and e["phase"] == "cache"]
+    assert json.loads((out / "config.json").read_text())["resolved"]["images"] == "cache"

@@ -30,6 +30,8 @@ BN_MODES = ("fold", "frozen", "recalibrate")
 # the two agree). The demo may also run with "none"; injected noise is off with None.
 NOISE_KINDS = ("symmetric", "asymmetric", "instance")
 EMPTY_CLASS_POLICIES = ("fallback", "error")
+# Names of turn_core.train.PRECISIONS (config sits below train; tests/test_config.py checks them).
+PRECISIONS = ("auto", "fp32", "bf16")
 GROUPS = {"data": "Data", "model": "Model", "turn": "TURN", "scores": "Suspicion and flags",
           "outputs": "Outputs"}
 CACHE_ENV = "TURN_AUDIT_CACHE"
@@ -104,6 +106,18 @@ class RunConfig:
                                "model", min=1)
     num_threads: int | None = _setting(None, "CPU threads torch may use; unset: torch's default.", "model",
                                        min=1, label="CPU threads")
+    # Measured (bench/throughput.py, BENCHMARKS.md): bf16 autocast on this project's CPU speeds
+    # the inference passes up and slows training down, so "auto" uses it for the passes on a CPU
+    # with native bf16 and for everything on a GPU.
+    precision: str = _setting("auto", "Arithmetic of the passes and of training: auto (bf16 autocast on a "
+                              "GPU; on a CPU with native bf16 for the feature and loss passes only), fp32 "
+                              "or bf16 (autocast everywhere).", "model", choices=PRECISIONS)
+    # Off: compiling takes minutes on a small CPU run and was not measured faster here.
+    compile: bool = _setting(False, "Compile the backbone with torch.compile (slow to start; may be "
+                             "faster on long GPU runs).", "model", label="torch.compile")
+    loader_workers: int | None = _setting(None, "Worker processes that read (or decode) image batches; "
+                                          "unset: none on a CPU reading the cache, up to 8 on a GPU or "
+                                          "when decoding.", "model", min=0, label="Loader workers")
 
     # ---- TURN --------------------------------------------------------------------------------
     method: str = _setting("turn", "turn: linear probing (LP) with GCE, then full fine-tuning (FFT) on a "
@@ -361,6 +375,7 @@ __all__ = [
     "GROUPS",
     "METHODS",
     "NOISE_KINDS",
+    "PRECISIONS",
     "SETTINGS",
     "RunConfig",
     "Setting",

@@ -9,6 +9,10 @@
   images that cannot be used are zero rows, reported as ``{index: reason}``. The key
   (``cache_key``) is the files' identity only, never their labels: a relabelled manifest
   reuses the decoded images.
+* ``cache_bytes`` / ``free_disk_bytes`` / ``cache_fits``: the size check made before a cache is
+  built; when it would not fit, ``DecodedImages`` stands in for the cache (each batch decoded
+  when asked for, in the loader's workers) and ``scan_images`` finds the unreadable files and
+  makes the thumbnails in one decoding pass.
 * ``make_thumbnails``: small copies of the cached images for the review pages.
 
 One bad file never stops a run: it becomes a skipped row.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -296,6 +301,96 @@ def build_image_cache(files: Sequence[str | Path], size: int, cache_dir: str | P
     return images, skipped
 
 
+# --------------------------------------------------------------------------- no room for a cache
+# Left free on the cache's disk beyond the cache itself: the run directory, logs and the other
+# programs on the machine need room too.
+DISK_RESERVE_BYTES = 1 << 30
+
+
+def cache_bytes(n: int, size: int) -> int:
+    """Bytes on disk of a cache of ``n`` images of ``size`` px (uint8 RGB plus the .npy header)."""
+    return int(n) * int(size) * int(size) * 3 + 4096
+
+
+def free_disk_bytes(path: str | Path) -> int:
+    """Free bytes on the disk holding ``path`` (its nearest existing parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def cache_ready(files: Sequence[str | Path], size: int, cache_dir: str | Path, key: str | None = None) -> bool:
+    """True when a finished cache of these files at this size is already on disk."""
+    npy, side = cache_paths(cache_dir, key or cache_key(files), int(size))
+    return npy.exists() and side.exists() and _load_cached(npy, side, len(files), int(size)) is not None
+
+
+def cache_fits(n: int, size: int, cache_dir: str | Path) -> tuple[bool, int, int]:
+    """(fits, bytes needed, bytes free): whether a new cache of ``n`` images at ``size`` px fits
+    on the cache's disk with ``DISK_RESERVE_BYTES`` to spare."""
+    need, free = cache_bytes(n, size), free_disk_bytes(cache_dir)
+    return need + DISK_RESERVE_BYTES <= free, need, free
+
+
+class DecodedImages:
+    """The files as an (N, size, size, 3) uint8 array that decodes on indexing, for runs whose
+    cache would not fit on the disk. ``images[rows]`` decodes those files (rows (B,) int or one
+    int) exactly as the cache would hold them; an unreadable file gives a zero image, as its
+    cache row would (``scan_images`` reports which files those are)."""
+
+    dtype = np.dtype(np.uint8)
+    decodes = True   # tells the loader that batches cost a decode (it then uses workers)
+
+    def __init__(self, files: Sequence[str | Path], size: int):
+        self.files = [Path(f) for f in files]
+        self.size = int(size)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), self.size, self.size, 3)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if np.ndim(rows) == 0:
+            return self[np.array([int(rows)])][0]
+        out = np.zeros((len(rows), self.size, self.size, 3), dtype=np.uint8)
+        for i, r in enumerate(np.asarray(rows, dtype=np.int64)):
+            arr, _ = _decode(self.files[r], self.size)
+            if arr is not None:
+                out[i] = arr
+        return out
+
+
+def scan_images(files: Sequence[str | Path], size: int, thumb_size: int, *,
+                progress: Callable[[dict], None] | None = None, cancel: CancelToken | None = None,
+                workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode every file once at ``size`` px without keeping it: returns (thumbnails
+    (N, T, T, 3) uint8, T = min(thumb_size, size), zeros for an unreadable file; {row: reason}).
+    Progress events as ``build_image_cache``'s."""
+    files = [Path(f) for f in files]
+    n, t = len(files), min(int(thumb_size), int(size))
+    thumbs = np.zeros((n, t, t, 3), dtype=np.uint8)
+    skipped: dict[int, str] = {}
+    chunk = max(1, min(256, -(-n // 50)))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        for lo in range(0, n, chunk):
+            check(cancel)
+            hi = min(n, lo + chunk)
+            for i, (arr, reason) in enumerate(pool.map(lambda f: _decode(f, size), files[lo:hi]), lo):
+                if reason is None:
+                    thumbs[i] = make_thumbnails(arr[None], t)[0]
+                else:
+                    skipped[i] = reason
+            if progress is not None:
+                progress({"phase": "cache", "kind": "step", "step": hi, "steps": n,
+                          "images_per_s": hi / max(time.perf_counter() - started, 1e-9), "t": time.time()})
+    return thumbs, skipped
+
+
 # --------------------------------------------------------------------------- thumbnails
 def make_thumbnails(images: np.ndarray, size: int, rows: np.ndarray | None = None) -> np.ndarray:
     """(M, S, S, 3) uint8 → (N, T, T, 3) uint8 with T = min(size, S) (area-averaged shrink).
@@ -313,5 +408,6 @@ def make_thumbnails(images: np.ndarray, size: int, rows: np.ndarray | None = Non
     return out
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "ImageSkip", "build_image_cache", "cache_key", "cache_paths", "load_rgb",
-           "make_thumbnails", "resize_square"]
+__all__ = ["DISK_RESERVE_BYTES", "MAX_IMAGE_PIXELS", "DecodedImages", "ImageSkip", "build_image_cache",
+           "cache_bytes", "cache_fits", "cache_key", "cache_paths", "cache_ready", "free_disk_bytes", "load_rgb",
+           "make_thumbnails", "resize_square", "scan_images"]

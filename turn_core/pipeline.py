@@ -6,8 +6,9 @@ at any phase with a state that holds what that phase needs. Phases and what they
   1. data      — the dataset (+ optional synthetic noise), split train / test
   2. backbone  — timm model + weights (backbones.py), image size, normalisation, device
   3. cache     — decode + resize every image once into a uint8 memmap (kept on disk: unreadable
-                 files are left out by ``rows``, never by copying); thumbs.npy, skipped.csv,
-                 the full config.json
+                 files are left out by ``rows``, never by copying); when it would not fit on the
+                 disk, the files are decoded in the loader's workers instead (a warning event);
+                 thumbs.npy, skipped.csv, the full config.json
   4. features  — pretrained features of every training image (frozen θ: computed once)
   5. lp        — Phase I: linear head with GCE (TURN, GCE-LP) or CE (CE-LP, CE-FFT) on cached features
   6. fft       — Phase II (TURN): per epoch, loss pass → GMM → τ → class-balanced clean set →
@@ -17,6 +18,10 @@ at any phase with a state that holds what that phase needs. Phases and what they
   8. write     — gmm.json, probs.npy, cv_probs.npy, samples.csv, metrics.json, model.safetensors
                  (through ``RunWriter``)
 The same function serves the CLI, the app's background job and the benchmark.
+
+Under torchrun every rank runs the phases (turn_core.distributed): local rank 0 runs data,
+backbone and cache first; the passes are sharded and gathered; rank 0 draws each clean set and
+broadcasts it; only rank 0 writes the run directory, the progress, scores and writes results.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig, cache_dir
+from .distributed import World, world_from_env
 from .errors import Cancelled, InputError
 from .progress import CancelToken, check
 from .rundir import RunWriter
@@ -142,6 +148,7 @@ class RunState:
     emit: Callable[[dict], None]
     cancel: CancelToken | None = None
     rng: np.random.Generator | None = None     # the clean-set draws (seeded by run_phases' caller)
+    world: World = field(default_factory=World)   # this process among torchrun's ranks
     timings: dict[str, float] = field(default_factory=dict)
     # data
     train: Any = None                          # data.Dataset
@@ -154,7 +161,7 @@ class RunState:
     mean: tuple = ()
     std: tuple = ()
     # cache
-    images: np.ndarray | None = None
+    images: np.ndarray | None = None           # the memmap, or images.DecodedImages without a cache
     rows: np.ndarray | None = None
     test_images: np.ndarray | None = None
     test_rows: np.ndarray | None = None
@@ -211,6 +218,9 @@ def run(config: RunConfig, progress: Callable[[dict], None] | None = None,
 
     check_names(config)
     out = Path(config.out)
+    world = world_from_env()
+    if not world.main:   # only rank 0 writes the run directory and reports progress
+        return _run_other_rank(config, world, cancel)
     _refuse_live_run(out)
     writer = RunWriter(out)
     writer.reset()
@@ -220,7 +230,7 @@ def run(config: RunConfig, progress: Callable[[dict], None] | None = None,
     # the full config.json (classes, dataset, versions) replaces this after the image cache.
     writer.write_json("config.json", {"format": 1, "settings": config.to_dict(), "classes": []})
     try:
-        run_phases(new_state(config, writer, emit, cancel))
+        _run_ranked(new_state(config, writer, emit, cancel, world))
         writer.set_status("finished", method=config.method, error=None)
     except (Cancelled, KeyboardInterrupt):
         writer.event("done", "info", message="cancelled")
@@ -236,7 +246,49 @@ def run(config: RunConfig, progress: Callable[[dict], None] | None = None,
         raise
     finally:
         writer.close()
+        _teardown(world)
     return out
+
+
+class _NoWriter:
+    """RunWriter's stand-in on the ranks other than 0: every write does nothing."""
+
+    def event(self, phase: str, kind: str, **fields: Any) -> dict:
+        return {"t": time.time(), "phase": phase, "kind": kind, **fields}
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *a, **k: None
+
+
+def _run_other_rank(config: RunConfig, world: World, cancel: CancelToken | None) -> Path:
+    writer = _NoWriter()
+    try:
+        _run_ranked(new_state(config, writer, _Emitter(writer, None), cancel, world))
+    finally:
+        _teardown(world)
+    return Path(config.out)
+
+
+def _run_ranked(state: RunState) -> None:
+    """All phases; under torchrun, joins the process group first and lets local rank 0 run
+    data, backbone and cache before the other ranks (they then find its demo files and cache)."""
+    from .distributed import init, local_first
+    from .train import pick_device
+
+    if state.world.size == 1:
+        run_phases(state)
+        return
+    init(state.world, pick_device(state.config.device, state.world))
+    with local_first(state.world):
+        run_phases(state, stop="cache")
+    run_phases(state, start="features")
+
+
+def _teardown(world: World) -> None:
+    if world.size > 1:
+        from .distributed import teardown
+
+        teardown()
 
 
 def _refuse_live_run(out: Path) -> None:
@@ -255,14 +307,15 @@ def _refuse_live_run(out: Path) -> None:
 
 
 def new_state(config: RunConfig, writer: RunWriter, emit: Callable[[dict], None],
-              cancel: CancelToken | None = None) -> RunState:
-    """A fresh state for ``config``; seeds torch's global generator and the clean-set draws."""
+              cancel: CancelToken | None = None, world: World | None = None) -> RunState:
+    """A fresh state for ``config`` (on ``world``, default one process); seeds torch's global
+    generator and the clean-set draws."""
     import torch
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    return RunState(config, writer, emit, cancel, rng=np.random.default_rng(config.seed))
+    return RunState(config, writer, emit, cancel, rng=np.random.default_rng(config.seed), world=world or World())
 
 
 def run_phases(state: RunState, start: str = "data", stop: str | None = None) -> RunState:
@@ -313,30 +366,60 @@ def phase_backbone(state: RunState) -> None:
     state.size = config.image_size or (DEMO_IMAGE_SIZE if config.data == "demo" else int(data_cfg["input_size"][-1]))
     state.mean = tuple(config.mean or data_cfg["mean"])
     state.std = tuple(config.std or data_cfg["std"])
-    device = pick_device(config.device)
+    device = pick_device(config.device, state.world)
     if config.bn_mode == "fold":
         fold_batchnorm(model)   # same features; FFT without tiny-variance amplification (config.py)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels_last on every device: measured 1.5x faster training on the CPU (BENCHMARKS.md)
+    model.to(device, memory_format=torch.channels_last)
+    if config.compile:
+        model.forward_features = torch.compile(model.forward_features)
     state.model = model
-    state.rt = make_runtime(device, state.mean, state.std, config.batch_size)
+    state.rt = make_runtime(device, state.mean, state.std, config.batch_size, precision=config.precision,
+                            workers=config.loader_workers, world=state.world)
     _timed(state, "backbone", t0)
 
 
-def _cached(state: RunState, ds, progress=None):
-    """(images memmap, rows of the decodable files, ``ds`` without the others, their skips)."""
-    from .images import build_image_cache
+def _decode_instead(state: RunState) -> bool:
+    """True when the image cache the run still needs would not fit on the cache's disk: the
+    passes then decode the files in the loader's workers (a warning event says so)."""
+    from .images import cache_fits, cache_ready
 
-    images, bad = build_image_cache(ds.files, state.size, cache_dir() / "images", progress=progress,
-                                    cancel=state.cancel)
+    root = cache_dir() / "images"
+    sets = [ds for ds in (state.train, state.test) if ds is not None]
+    missing = sum(len(ds.files) for ds in sets if not cache_ready(ds.files, state.size, root))
+    if missing == 0:
+        return False
+    fits, need, free = cache_fits(missing, state.size, root)
+    if not fits:
+        state.emit({"phase": "cache", "kind": "warning", "fallback": "decode", "needed_bytes": need,
+                    "free_bytes": free, "message":
+                    f"the image cache would need {need / 1e9:.2f} GB but its disk ({root}) has "
+                    f"{free / 1e9:.2f} GB free: every pass decodes the images in the loader's "
+                    "workers instead (slower)"})
+    return not fits
+
+
+def _cached(state: RunState, ds, decode: bool, progress=None):
+    """(images, rows of the decodable files, ``ds`` without the others, their skips, thumbnails
+    of every file or None). ``images`` is the on-disk memmap, or with ``decode``
+    ``images.DecodedImages`` (found unreadable by one scan that also makes the thumbnails)."""
+    from .images import DecodedImages, build_image_cache, scan_images
+
+    thumbs = None
+    if decode:
+        images = DecodedImages(ds.files, state.size)
+        thumbs, bad = scan_images(ds.files, state.size, state.config.thumb_size, progress=progress,
+                                  cancel=state.cancel)
+    else:
+        images, bad = build_image_cache(ds.files, state.size, cache_dir() / "images", progress=progress,
+                                        cancel=state.cancel)
     skipped = [(ds.paths[i], reason) for i, reason in sorted(bad.items())]
     rows = np.arange(len(ds.files), dtype=np.int64)
     if bad:
         # Left out by index: the cache stays on disk however many files are unreadable.
         rows = np.setdiff1d(rows, np.fromiter(bad.keys(), np.int64))
         ds = ds.subset(rows)
-    return images, rows, ds, skipped
+    return images, rows, ds, skipped, thumbs
 
 
 def phase_cache(state: RunState) -> None:
@@ -347,28 +430,35 @@ def phase_cache(state: RunState) -> None:
     config, train = state.config, state.train
     t0 = time.time()
     state.emit({"phase": "cache", "kind": "start", "n": len(train.files)})
+    decode = _decode_instead(state)
     state.skipped = list(train.skipped)
-    state.images, state.rows, state.train, bad = _cached(state, train, progress=state.emit)
+    state.images, state.rows, state.train, bad, thumbs = _cached(state, train, decode, progress=state.emit)
     state.skipped += bad
     if state.test is not None:
-        state.test_images, state.test_rows, state.test, bad = _cached(state, state.test)
+        state.test_images, state.test_rows, state.test, bad, _ = _cached(state, state.test, decode)
         state.skipped += bad + list(state.test.skipped)
     state.writer.write_skipped(state.skipped)
     counts = np.bincount(state.labels, minlength=state.k)
     too_small = [c for c, n in zip(state.classes, counts) if n < 2]
     if too_small:
         raise InputError(f"after skipping unreadable files, class(es) {', '.join(too_small)} have fewer than 2 images")
-    state.writer.write_npy("thumbs.npy", make_thumbnails(state.images, config.thumb_size, state.rows))
+    thumbs = make_thumbnails(state.images, config.thumb_size, state.rows) if thumbs is None else thumbs[state.rows]
+    state.writer.write_npy("thumbs.npy", thumbs)
     state.writer.write_json("config.json", _full_config(state))
     _timed(state, "cache", t0)
 
 
 def _full_config(state: RunState) -> dict:
+    from .train import precision_name
+
     config, train, test = state.config, state.train, state.test
     return {
         "format": 1, "settings": config.to_dict(), "classes": state.classes, "versions": _versions(),
         "resolved": {"image_size": state.size, "mean": state.mean, "std": state.std,
-                     "device": str(state.rt.device)},
+                     "device": str(state.rt.device), "world_size": state.world.size,
+                     "precision": {"passes": precision_name(state.rt.infer_dtype),
+                                   "training": precision_name(state.rt.train_dtype)},
+                     "images": "decoded" if getattr(state.images, "decodes", False) else "cache"},
         "dataset": {"source": train.source, "root": str(train.root), "kind": train.kind,
                     "fingerprint": train.fingerprint(), "n_train": len(train.paths),
                     "n_test": 0 if test is None else len(test.paths), "n_skipped": len(state.skipped),
@@ -383,13 +473,25 @@ def _hf_record(train) -> dict:
     return {"hf": record} if record else {}
 
 
-def phase_features(state: RunState) -> None:
-    """Sets feats_pre (θ is frozen during LP: one pass serves every LP epoch)."""
+def _pass(state: RunState, images, rows: np.ndarray, phase: str, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """``train.forward_pass`` over ``images[rows]``: (features (N, D), logits (N, K)) f32.
+
+    Under torchrun each rank computes its global batches (``distributed.pass_positions``) and
+    every rank gets all N rows back in sample order."""
+    from .distributed import gather_pass, pass_positions
     from .train import forward_pass
 
+    world, bs = state.world, state.rt.batch_size
+    mine = rows if world.size == 1 else rows[pass_positions(len(rows), bs, world)]
+    feats, logits = forward_pass(state.model, images, state.rt, rows=mine, progress=progress,
+                                 cancel=state.cancel, phase=phase)
+    return gather_pass(feats, len(rows), bs, world), gather_pass(logits, len(rows), bs, world)
+
+
+def phase_features(state: RunState) -> None:
+    """Sets feats_pre (θ is frozen during LP: one pass serves every LP epoch)."""
     t0 = time.time()
-    state.feats_pre, _ = forward_pass(state.model, state.images, state.rt, rows=state.rows, progress=state.emit,
-                                      cancel=state.cancel, phase="features")
+    state.feats_pre, _ = _pass(state, state.images, state.rows, "features", progress=state.emit)
     state.feats_post = state.feats_pre
     if state.config.save_features:
         state.writer.write_npy("features_pre.npy", state.feats_pre.astype(np.float16))
@@ -399,24 +501,19 @@ def phase_features(state: RunState) -> None:
 def phase_lp(state: RunState) -> None:
     """Phase I. Sets the model's head, logits, losses[0]; test_logits and lp_test_accuracy."""
     from .metrics import accuracy
-    from .train import (
-        fit_temperature,
-        forward_pass,
-        per_sample_ce,
-        set_head,
-        train_linear_head,
-    )
+    from .train import fit_temperature, linear_logits, per_sample_ce, set_head, train_linear_head
 
-    config, labels = state.config, state.labels
+    config, labels, device = state.config, state.labels, state.rt.device
     t0 = time.time()
     lp_loss = "gce" if config.method in ("turn", "gce-lp") else "ce"
+    # Every rank fits the same head from the same gathered features; DDP later copies rank 0's.
     w, b, _ = train_linear_head(state.feats_pre, labels, state.k, loss=lp_loss, q=config.gce_q,
                                 epochs=config.lp_epochs, lr=config.lp_lr, weight_decay=config.lp_weight_decay,
                                 batch_size=config.batch_size, min_steps_per_epoch=config.lp_min_steps,
-                                seed=config.seed, progress=state.emit, cancel=state.cancel)
-    logits = state.feats_pre @ w.numpy().T + b.numpy()
+                                seed=config.seed, progress=state.emit, cancel=state.cancel, device=device)
+    logits = linear_logits(state.feats_pre, w, b, device)
     if config.method == "turn" and config.fft_epochs > 0 and config.calibrate_head:
-        temperature = fit_temperature(logits, labels)
+        temperature = fit_temperature(logits, labels, device)
         w, b = w / temperature, b / temperature
         logits = logits / temperature
         state.emit({"phase": "lp", "kind": "info", "head_temperature": temperature})
@@ -425,8 +522,7 @@ def phase_lp(state: RunState) -> None:
     state.losses = [per_sample_ce(logits, labels)]
     _timed(state, "lp", t0)
     if state.has_test:
-        _, state.test_logits = forward_pass(state.model, state.test_images, state.rt, rows=state.test_rows,
-                                            cancel=state.cancel, phase="test")
+        _, state.test_logits = _pass(state, state.test_images, state.test_rows, "test")
         state.lp_test_accuracy = accuracy(state.test_logits.argmax(axis=1), _test_truth(state))
         state.emit({"phase": "lp", "kind": "info", "test_accuracy": state.lp_test_accuracy})
 
@@ -439,23 +535,20 @@ def _test_truth(state: RunState) -> np.ndarray:
 def phase_fft(state: RunState) -> None:
     """Phase II (TURN, CE-FFT): fine-tunes the model; appends to losses and gmm_log, sets
     feats_post and logits. Does nothing for the LP-only methods or zero FFT epochs."""
-    from .train import (
-        fft_epoch,
-        forward_pass,
-        make_fft_optimizer,
-        per_sample_ce,
-        recalibrate_bn,
-    )
+    from .distributed import broadcast_array, wrap_model
+    from .train import fft_epoch, make_fft_optimizer, per_sample_ce, recalibrate_bn
 
-    config, labels, model = state.config, state.labels, state.model
+    config, labels, model, world = state.config, state.labels, state.model, state.world
     if config.method not in ("turn", "ce-fft") or config.fft_epochs <= 0:
         return
     t0 = time.time()
+    net = wrap_model(model, world, state.rt.device)
     opt = make_fft_optimizer(model, config.fft_lr, config.fft_momentum, config.fft_weight_decay,
                              config.fft_head_lr_mult)
     for epoch in range(1, config.fft_epochs + 1):
-        if config.method == "turn":
-            train_idx, per_class = _clean_set(state, epoch)
+        if config.method == "turn":   # rank 0 fits the GMM and draws; every rank trains on its draw
+            train_idx, per_class = _clean_set(state, epoch) if world.main else (None, {})
+            train_idx = broadcast_array(train_idx, world)
         else:
             train_idx = np.arange(len(labels))
             per_class = dict(zip(state.classes, np.bincount(labels, minlength=state.k).tolist()))
@@ -463,16 +556,18 @@ def phase_fft(state: RunState) -> None:
                               epochs=config.fft_epochs, seed=config.seed, rows=state.rows,
                               augment_images=config.fft_augment, flip=config.data != "demo",
                               freeze_bn_stats=config.bn_mode != "recalibrate",
-                              grad_clip=config.fft_grad_clip or None, progress=state.emit, cancel=state.cancel)
+                              grad_clip=config.fft_grad_clip or None, progress=state.emit, cancel=state.cancel,
+                              net=net)
         if config.bn_mode == "recalibrate":
             recalibrate_bn(model, state.images, state.rt, rows=state.rows, seed=config.seed + epoch,
                            cancel=state.cancel)
-        state.feats_post, state.logits = forward_pass(model, state.images, state.rt, rows=state.rows,
-                                                      cancel=state.cancel, phase="fft-loss")
+        state.feats_post, state.logits = _pass(state, state.images, state.rows, "fft-loss")
         state.losses.append(per_sample_ce(state.logits, labels))
         state.emit({"phase": "fft", "kind": "epoch", "epoch": epoch, "epochs": config.fft_epochs, "loss": mean_loss,
                     "tau": config.tau, "clean_per_class": per_class, "n_train": len(train_idx),
                     "mean_loss_all": float(state.losses[-1].mean())})
+    if state.has_test:   # the fine-tuned model on the test set, sharded like every pass
+        _, state.test_logits = _pass(state, state.test_images, state.test_rows, "test")
     _timed(state, "fft", t0)
     if config.save_features:
         state.writer.write_npy("features_post.npy", state.feats_post.astype(np.float16))
@@ -496,7 +591,8 @@ def _clean_set(state: RunState, epoch: int) -> tuple[np.ndarray, dict]:
     fallback = [classes[c] for c in report["fallback_classes"]]
     state.emit({"phase": "fft", "kind": "gmm", "epoch": epoch, "epochs": config.fft_epochs, "tau": config.tau,
                 "clean_per_class": per_class, "kept_per_class": dict(zip(classes, report["kept_per_class"])),
-                "n_train": report["n_train"], "fallback_classes": fallback})
+                "n_train": report["n_train"], "fallback_classes": fallback,
+                "clean_set_digest": _digest(train_idx)})
     if fallback:
         state.emit({"phase": "fft", "kind": "warning", "message":
                     f"no clean sample in class(es) {', '.join(fallback)}: "
@@ -504,13 +600,22 @@ def _clean_set(state: RunState, epoch: int) -> tuple[np.ndarray, dict]:
     return train_idx, per_class
 
 
+def _digest(indices: np.ndarray) -> str:
+    """16 hex digits naming a set of sample indices (the events record each clean set by it)."""
+    import hashlib
+
+    return hashlib.sha256(np.sort(np.asarray(indices, dtype=np.int64)).tobytes()).hexdigest()[:16]
+
+
 def phase_score(state: RunState) -> None:
     """Sets clean_prob (final GMM), probs, cv_probs, knn_agreement, result (suspicion, flagged,
-    suggested, confidence) and metrics."""
+    suggested, confidence) and metrics. Rank 0 only (under torchrun the others are done)."""
     from .scores import build_signals, score_and_flag, suggestion_probs
     from .selection import clean_posterior
     from .train import cross_val_linear_probs, softmax
 
+    if not state.world.main:
+        return
     config, labels = state.config, state.labels
     t0 = time.time()
     state.clean_prob, fits = clean_posterior(state.losses[-1], labels, state.k, per_class=config.gmm_per_class,
@@ -524,7 +629,7 @@ def phase_score(state: RunState) -> None:
     state.cv_probs = [cross_val_linear_probs(f, labels, state.k, q=config.gce_q, epochs=config.lp_epochs,
                                              lr=config.lp_lr, batch_size=config.batch_size,
                                              min_steps_per_epoch=config.lp_min_steps, seed=config.seed,
-                                             cancel=state.cancel) for f in views]
+                                             cancel=state.cancel, device=state.rt.device) for f in views]
     sig = build_signals(labels, state.probs, state.clean_prob, np.stack(state.losses), views, state.cv_probs,
                         knn_k=config.knn_k, tau=config.tau)
     names = ["pretrained", "fine-tuned"]
@@ -544,7 +649,6 @@ def _metrics(state: RunState) -> dict:
     """metrics.json's content: counts, detection quality against the true labels (when known),
     test accuracy after LP and at the end (when there is a test set)."""
     from .metrics import accuracy, detection_metrics
-    from .train import forward_pass
 
     config, labels, truth, result = state.config, state.labels, state.true_labels, state.result
     predicted = state.probs.argmax(axis=1)
@@ -559,10 +663,7 @@ def _metrics(state: RunState) -> dict:
         if is_noisy.any():
             metrics["suggestion_accuracy_on_errors"] = float(np.mean(result["suggested"][is_noisy] == truth[is_noisy]))
         metrics["train_accuracy_vs_truth"] = accuracy(predicted, truth)
-    if state.has_test:
-        if len(state.losses) > 1:  # the model changed since LP
-            _, state.test_logits = forward_pass(state.model, state.test_images, state.rt, rows=state.test_rows,
-                                                cancel=state.cancel, phase="test")
+    if state.has_test:   # test_logits: of the final model (phase_fft passes the test set again)
         metrics["test_accuracy"] = accuracy(state.test_logits.argmax(axis=1), _test_truth(state))
         metrics["test_accuracy_lp"] = state.lp_test_accuracy
         metrics["n_test"] = len(state.test.paths)
@@ -570,9 +671,12 @@ def _metrics(state: RunState) -> dict:
 
 
 def phase_write(state: RunState) -> None:
-    """Writes gmm.json, probs.npy, cv_probs.npy, ensemble_probs.npy, samples.csv, metrics.json, model.safetensors."""
+    """Writes gmm.json, probs.npy, cv_probs.npy, ensemble_probs.npy, samples.csv, metrics.json,
+    model.safetensors. Rank 0 only."""
     from .scores import margin
 
+    if not state.world.main:
+        return
     w, result, labels = state.writer, state.result, state.labels
     w.write_json("gmm.json", state.gmm_log)
     w.write_npy("probs.npy", state.probs.astype(np.float32))

@@ -8,81 +8,168 @@ copies the cache into memory. Every loop checks the cancellation token between b
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .distributed import World
+from .loader import RowLoader, default_workers, split_batches
 from .losses import gce_loss
 from .progress import CancelToken, check
+
+REPORT_EVERY_S = 0.5   # progress reports (the only host syncs of a pass) at most this often
+
+
+# Where bf16 autocast is used, by ``precision`` setting: name → function(device) → (autocast dtype
+# of the feature/loss passes, of the training steps); None = full precision.
+def _auto_precision(device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
+    if device.type == "cuda":
+        return torch.bfloat16, torch.bfloat16
+    # Measured on the project's CPU (AVX-512 bf16, bench/throughput.py): bf16 autocast speeds the
+    # inference passes up but slows training down (116 vs 245 img/s), so training stays fp32.
+    return (torch.bfloat16 if cpu_has_bf16() else None), None
+
+
+PRECISIONS: dict[str, Callable[[torch.device], tuple]] = {
+    "auto": _auto_precision,
+    "fp32": lambda device: (None, None),
+    "bf16": lambda device: (torch.bfloat16, torch.bfloat16),
+}
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has native bf16 instructions (AVX-512 bf16 or AMX)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 @dataclass
 class Runtime:
-    """Where and how tensors are computed."""
+    """Where and how tensors are computed.
+
+    infer_dtype / train_dtype: the autocast dtype of the passes / the training steps (None: full
+    precision). channels_last: the layout of the model and of every batch. workers: the loader's
+    worker processes (None: ``loader.default_workers``). world: this process's rank among the
+    run's processes (turn_core.distributed)."""
 
     device: torch.device
     mean: torch.Tensor        # (1, 3, 1, 1) on device
     std: torch.Tensor
     batch_size: int = 128
+    infer_dtype: torch.dtype | None = None
+    train_dtype: torch.dtype | None = None
+    channels_last: bool = True
+    workers: int | None = None
+    world: World = field(default_factory=World)
+    _loaders: dict = field(default_factory=dict, repr=False)
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def autocast(self):
-        # bf16 autocast on CUDA (no loss scaling needed); full precision on CPU, where bf16 is
-        # slower on most hosts.
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else _NullContext()
+    def autocast(self, train: bool = False):
+        dtype = self.train_dtype if train else self.infer_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def loader(self, images) -> RowLoader:
+        """The run's one loader over ``images`` (made on first use, then reused: persistent workers)."""
+        key = id(images)
+        if key not in self._loaders:
+            decoding = bool(getattr(images, "decodes", False))
+            workers = default_workers(self.device.type, decoding) if self.workers is None else self.workers
+            self._loaders[key] = RowLoader(images, workers=workers, pin=self.cuda)
+        return self._loaders[key]
 
 
-class _NullContext:
-    def __enter__(self):
-        return self
+def pick_device(name: str = "auto", world: World | None = None) -> torch.device:
+    """The torch device for the ``device`` setting; under torchrun, "auto" / "cuda" on a GPU
+    machine is the rank's own GPU (``LOCAL_RANK``)."""
+    from .errors import InputError
 
-    def __exit__(self, *a):
-        return False
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .errors import InputError
-
         raise InputError("device 'cuda' was asked for but no CUDA GPU is available")
-    return torch.device(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world is not None and world.size > 1:
+        if world.local_rank >= torch.cuda.device_count():
+            raise InputError(f"torchrun's LOCAL_RANK {world.local_rank} has no GPU of its own (this machine "
+                             f"has {torch.cuda.device_count()}): start fewer processes per node or use --device cpu")
+        name = f"cuda:{world.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
-def make_runtime(device: torch.device, mean, std, batch_size: int) -> Runtime:
+def make_runtime(device: torch.device, mean, std, batch_size: int, *, precision: str = "fp32",
+                 workers: int | None = None, world: World | None = None) -> Runtime:
+    """A Runtime on ``device``; ``precision`` names an entry of ``PRECISIONS``. Turns on
+    ``cudnn.benchmark`` on a GPU (fixed input sizes: the fastest kernels are found once)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return Runtime(device, m, s, batch_size)
+    infer, train = PRECISIONS[precision](device)
+    return Runtime(device, m, s, batch_size, infer, train, True, workers, world or World())
 
 
-def to_input(images: np.ndarray, rt: Runtime) -> torch.Tensor:
-    """(B, S, S, 3) uint8 → normalised (B, 3, S, S) float on the runtime's device."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(rt.device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+def precision_name(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16")
+
+
+def to_input(images, rt: Runtime, crop: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(B, S, S, 3) uint8 (array or tensor) → normalised (B, 3, S, S) float on the runtime's
+    device, channels_last in memory when ``rt.channels_last``.
+
+    crop: (rows (B, S), columns (B, S)) index arrays from ``crop_flip_indices``: sample i becomes
+    ``image[rows[i]][:, columns[i]]`` (augmentation as one gather on the uint8 batch, on the
+    device; the same values as cropping the normalised image, since normalising is per pixel)."""
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    x = x.to(rt.device, non_blocking=True)
+    if crop is not None:
+        r, c = (t.to(rt.device, non_blocking=True) for t in crop)
+        x = x[torch.arange(len(x), device=rt.device)[:, None, None], r[:, :, None], c[:, None, :]]
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)   # NHWC memory seen as NCHW: channels_last
     x = (x - rt.mean) / rt.std
-    return x.contiguous(memory_format=torch.channels_last) if rt.cuda else x
+    return x.contiguous(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
+
+
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of a reflect-padded axis (edge not repeated, as F.pad's "reflect") → 0..n-1."""
+    return torch.where(i < 0, -i, torch.where(i >= n, 2 * (n - 1) - i, i))
+
+
+def crop_flip_indices(b: int, h: int, w: int, gen: torch.Generator,
+                      flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop with S/8 reflect padding and horizontal flip (the standard CIFAR recipe) as
+    index arrays: (rows (b, h), columns (b, w)) int64 into the unpadded (h, w) image.
+
+    Draws from ``gen`` exactly what the per-sample crop loop drew (offsets x, offsets y, then the
+    flip coins), so a seed gives the same augmentation as before."""
+    pad = max(1, h // 8)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = dy[:, None] + torch.arange(h) - pad
+    cols = dx[:, None] + torch.arange(w) - pad
+    if flip:
+        m = torch.rand(b, generator=gen) < 0.5
+        cols[m] = cols[m].flip(1)
+    return _reflect(rows, h), _reflect(cols, w)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop with S/8 reflect padding and horizontal flip (the standard CIFAR recipe)."""
-    b, _, h, w = x.shape
-    pad = max(1, h // 8)
-    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
-    out = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-    if flip:
-        m = torch.rand(b, generator=gen) < 0.5
-        out[m] = out[m].flip(3)
-    return out
+    """Random crop + flip (``crop_flip_indices``) of a (B, C, H, W) batch, batched on its device;
+    the result is channels_last in memory."""
+    r, c = (t.to(x.device) for t in crop_flip_indices(x.shape[0], x.shape[2], x.shape[3], gen, flip))
+    nhwc = x.permute(0, 2, 3, 1)
+    return nhwc[torch.arange(len(x), device=x.device)[:, None, None], r[:, :, None], c[:, None, :]].permute(0, 3, 1, 2)
 
 
 def features_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,30 +178,55 @@ def features_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return feats, model.get_classifier()(feats)
 
 
+class _Reporter:
+    """Progress of one pass: the first step, then at most every ``REPORT_EVERY_S``, and the last.
+    ``due(step)`` says when; only then does a pass move results to the host (its one sync)."""
+
+    def __init__(self, steps: int):
+        self.steps, self.t0, self.last = steps, time.time(), 0.0
+
+    def due(self, step: int) -> bool:
+        now = time.time()
+        if step in (1, self.steps) or now - self.last >= REPORT_EVERY_S:
+            self.last = now
+            return True
+        return False
+
+    def rate(self, images: int) -> float:
+        return images / max(time.time() - self.t0, 1e-6)
+
+
 @torch.no_grad()
 def forward_pass(model, images: np.ndarray, rt: Runtime, *, rows: np.ndarray | None = None,
                  progress: Callable | None = None, cancel: CancelToken | None = None,
                  phase: str = "features") -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode pass over ``images[rows]`` (images (M, S, S, 3) uint8, rows (N,) int, default
-    all M): returns (features (N, D) f32, logits (N, K) f32), row i for ``rows[i]``."""
+    all M): returns (features (N, D) f32, logits (N, K) f32), row i for ``rows[i]``.
+
+    The backbone runs under ``rt.infer_dtype`` autocast; the head always in float32 on float32
+    features, so the losses the GMM sees come from float32 logits in every pass, LP's included
+    (``linear_logits``)."""
     model.eval()
     idx = np.arange(len(images)) if rows is None else np.asarray(rows)
-    feats, logits = [], []
-    steps = (len(idx) + rt.batch_size - 1) // rt.batch_size
-    t0 = time.time()
-    for s in range(steps):
+    batches = split_batches(idx, rt.batch_size)
+    head = model.get_classifier()
+    feats, logits, pending = [], [], []
+    report, done = _Reporter(len(batches)), 0
+    for s, x8 in enumerate(rt.loader(images).batches(batches), 1):
         check(cancel)
-        b = idx[s * rt.batch_size:(s + 1) * rt.batch_size]
         with rt.autocast():
-            f, z = features_and_logits(model, to_input(images[b], rt))
-        feats.append(f.float().cpu().numpy())
-        logits.append(z.float().cpu().numpy())
-        if progress:
-            done = min((s + 1) * rt.batch_size, len(idx))
-            progress({"phase": phase, "kind": "step", "step": s + 1, "steps": steps,
-                      "images_per_s": done / max(time.time() - t0, 1e-6)})
-    d = model.num_features
-    k = model.get_classifier().out_features
+            f = model.forward_head(model.forward_features(to_input(x8, rt)), pre_logits=True)
+        f = f.float()
+        pending.append((f, head(f)))
+        done += len(x8)
+        if report.due(s):   # the host sync of this pass, at most a few times a second
+            feats += [p[0].cpu().numpy() for p in pending]
+            logits += [p[1].cpu().numpy() for p in pending]
+            pending = []
+            if progress:
+                progress({"phase": phase, "kind": "step", "step": s, "steps": len(batches),
+                          "images_per_s": report.rate(done)})
+    d, k = model.num_features, head.out_features
     return (np.concatenate(feats) if feats else np.zeros((0, d), np.float32),
             np.concatenate(logits) if logits else np.zeros((0, k), np.float32))
 
@@ -143,13 +255,11 @@ def recalibrate_bn(model, images: np.ndarray, rt: Runtime, *, rows: np.ndarray |
         m.train()
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     idx = np.random.default_rng(seed).permutation(len(rows))[:max_images]
-    for s in range(0, len(idx), rt.batch_size):
+    batches = [rows[np.sort(idx[s:s + rt.batch_size])] for s in range(0, len(idx), rt.batch_size)]
+    for x8 in rt.loader(images).batches([b for b in batches if len(b) >= 2]):
         check(cancel)
-        b = np.sort(idx[s:s + rt.batch_size])
-        if len(b) < 2:
-            continue
         with rt.autocast():
-            model.forward_features(to_input(images[rows[b]], rt))
+            model.forward_features(to_input(x8, rt))
     for m, (mom, tr) in zip(bns, saved):
         m.momentum = mom
         m.train(tr)
@@ -206,20 +316,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, *, loss: str = "gce",
                       q: float = 0.7, epochs: int = 20, lr: float = 1e-2, weight_decay: float = 0.0,
                       batch_size: int = 128, min_steps_per_epoch: int = 0, seed: int = 0,
-                      progress: Callable | None = None,
-                      cancel: CancelToken | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Phase I: a linear head g(z; φ) on frozen, cached features.
+                      progress: Callable | None = None, cancel: CancelToken | None = None,
+                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Phase I: a linear head g(z; φ) on frozen, cached features, trained on ``device``.
 
     features (N, D) float; labels (N,) int. ``loss`` is "gce" (TURN, q) or "ce". Adam (the paper
     does not name LP's optimiser). ``min_steps_per_epoch`` > 0 shrinks the batch so an epoch
     takes at least that many steps: E_LP counts epochs, and on a few hundred images 20 epochs of
-    128-image batches are too few Adam steps to fit the head at all.
-    Returns (weight (K, D), bias (K,), mean loss per epoch).
+    128-image batches are too few Adam steps to fit the head at all. The shuffles come from a
+    CPU generator, so a seed gives the same batches on any device.
+    Returns (weight (K, D), bias (K,), mean loss per epoch), on the CPU.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    head = torch.nn.Linear(x.shape[1], n_classes)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+    head = torch.nn.Linear(x.shape[1], n_classes).to(device)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
@@ -228,8 +339,8 @@ def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, 
         batch_size = max(1, min(batch_size, -(-len(x) // min_steps_per_epoch)))
     steps = (len(x) + batch_size - 1) // batch_size
     for epoch in range(1, epochs + 1):
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
+        perm = torch.randperm(len(x), generator=gen).to(device)
+        total = torch.zeros((), dtype=torch.float64, device=device)   # summed on the device: no sync per step
         for s in range(steps):
             check(cancel)
             b = perm[s * batch_size:(s + 1) * batch_size]
@@ -238,22 +349,32 @@ def train_linear_head(features: np.ndarray, labels: np.ndarray, n_classes: int, 
             opt.zero_grad()
             batch_loss.backward()
             opt.step()
-            total += batch_loss.item() * len(b)
-        history.append(total / max(len(x), 1))
+            total += batch_loss.detach().double() * len(b)
+        history.append(float(total) / max(len(x), 1))
         if progress:
             progress({"phase": "lp", "kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": history[-1]})
-    return head.weight.detach().clone(), head.bias.detach().clone(), history
+    return head.weight.detach().cpu().clone(), head.bias.detach().cpu().clone(), history
+
+
+def linear_logits(features: np.ndarray, weight: torch.Tensor, bias: torch.Tensor,
+                  device: torch.device | str = "cpu", chunk: int = 65536) -> np.ndarray:
+    """float32 logits (N, K) of the linear head (weight (K, D), bias (K,)) on ``features`` (N, D),
+    computed on ``device`` as the model's own head computes them in ``forward_pass``."""
+    w, b = weight.float().to(device), bias.float().to(device)
+    out = [F.linear(torch.from_numpy(np.asarray(features[s:s + chunk], dtype=np.float32)).to(device), w, b).cpu()
+           for s in range(0, len(features), chunk)]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(bias)), np.float32)
 
 
 def cross_val_linear_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, *, folds: int = 5,
                            loss: str = "gce", q: float = 0.7, epochs: int = 20, lr: float = 1e-2,
                            batch_size: int = 128, min_steps_per_epoch: int = 0, seed: int = 0,
-                           cancel: CancelToken | None = None) -> np.ndarray:
+                           cancel: CancelToken | None = None, device: torch.device | str = "cpu") -> np.ndarray:
     """Out-of-fold class probabilities (N, K) of a linear head on cached ``features`` (N, D).
 
     Each sample is scored by a head that never saw it: unlike the fine-tuned model's own output,
     this cannot have memorised a wrong label (cleanlab's cross-validation idea, on our features).
-    Stratified folds; the same LP recipe as Phase I.
+    Stratified folds; the same LP recipe as Phase I, on ``device``.
     """
     rng = np.random.default_rng(seed)
     fold_of = np.zeros(len(labels), dtype=int)
@@ -270,12 +391,12 @@ def cross_val_linear_probs(features: np.ndarray, labels: np.ndarray, n_classes: 
             continue
         w, b, _ = train_linear_head(x[tr], labels[tr], n_classes, loss=loss, q=q, epochs=epochs, lr=lr,
                                     batch_size=batch_size, min_steps_per_epoch=min_steps_per_epoch,
-                                    seed=seed + f, cancel=cancel)
-        out[te] = softmax(x[te] @ w.numpy().T + b.numpy())
+                                    seed=seed + f, cancel=cancel, device=device)
+        out[te] = softmax(linear_logits(x[te], w, b, device))
     return out
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, device: torch.device | str = "cpu") -> float:
     """The T > 0 minimising the mean CE of ``logits / T`` (N, K) against ``labels`` (N,).
 
     Why: a GCE-trained head is not calibrated for CE — GCE keeps pushing confident logits up —
@@ -283,10 +404,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     gradients through the backbone. Dividing the head by T keeps every prediction (argmax) and
     gives FFT a calibrated start. A grid over log T is enough for one scalar.
     """
-    z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    z = torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(device)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     grid = np.exp(np.linspace(np.log(0.05), np.log(100.0), 121))
-    losses = [float(F.cross_entropy(z / t, y)) for t in grid]
+    losses = torch.stack([F.cross_entropy(z / t, y) for t in grid]).cpu().numpy()   # one sync
     return float(grid[int(np.argmin(losses))])
 
 
@@ -319,38 +440,52 @@ def fft_epoch(model, images: np.ndarray, indices: np.ndarray, labels: np.ndarray
               epoch: int, epochs: int, seed: int, rows: np.ndarray | None = None,
               augment_images: bool = True, flip: bool = True,
               freeze_bn_stats: bool = True, grad_clip: float | None = None,
-              progress: Callable | None = None, cancel: CancelToken | None = None) -> float:
+              progress: Callable | None = None, cancel: CancelToken | None = None, net=None) -> float:
     """One epoch of full fine-tuning with CE on the samples ``indices`` labelled ``labels[indices]``.
 
     labels (N,) int, one per sample; sample i is the image ``images[rows[i]]`` (rows (N,) int;
-    default: sample i is row i). Returns the mean training loss.
+    default: sample i is row i). Returns the mean training loss over all ranks.
+
+    net: what computes the logits (the DDP wrapper of ``model`` under torchrun; default
+    ``model``). Every rank draws the same seeded order and augmentation for each global batch of
+    ``rt.batch_size`` and trains on its own contiguous share (``World.share``); its loss is
+    scaled so DDP's gradient average is the global batch's mean, as one process computes it.
     """
+    net = model if net is None else net
+    world = rt.world
     _set_train_mode(model, freeze_bn_stats)
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = np.asarray(indices)[torch.randperm(len(indices), generator=gen).numpy()]
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    steps = (len(order) + rt.batch_size - 1) // rt.batch_size
-    total, seen, t0 = 0.0, 0, time.time()
-    for s in range(steps):
+    batches = [np.sort(b) for b in split_batches(order, rt.batch_size)]
+    if not freeze_bn_stats:
+        batches = [b for b in batches if len(b) >= 2]   # batch norm in train mode cannot take one
+    shares = [world.share(len(b)) for b in batches]
+    size = images.shape[1]
+    total = torch.zeros((), dtype=torch.float64, device=rt.device)   # summed on the device: no sync per step
+    report, seen = _Reporter(len(batches)), 0
+    for s, x8 in enumerate(rt.loader(images).batches([rows[b[sh]] for b, sh in zip(batches, shares)]), 1):
         check(cancel)
-        b = np.sort(order[s * rt.batch_size:(s + 1) * rt.batch_size])
-        if len(b) < 2 and not freeze_bn_stats:
-            continue  # batch norm in train mode cannot take a batch of one
-        x = to_input(images[b if rows is None else rows[b]], rt)
-        if augment_images:
-            x = augment(x, gen, flip)
-        y = y_all[b].to(rt.device)
-        with rt.autocast():
-            _, z = features_and_logits(model, x)
-            loss = F.cross_entropy(z.float(), y)
+        b, share = batches[s - 1], shares[s - 1]
+        crop = None
+        if augment_images:   # drawn for the whole global batch on every rank, then this rank's share
+            crop = tuple(t[share] for t in crop_flip_indices(len(b), size, size, gen, flip))
+        with rt.autocast(train=True):
+            z = net(to_input(x8, rt, crop))
+        if len(x8):
+            loss = F.cross_entropy(z.float(), y_all[b[share]].to(rt.device, non_blocking=True))
+        else:
+            loss = z.float().sum() * 0.0   # an empty share still joins DDP's gradient average
+        local = loss * (len(x8) * world.size / len(b)) if world.size > 1 else loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        local.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        total += loss.item() * len(b)
+        total += loss.detach().double() * len(x8)
         seen += len(b)
-        if progress:
-            progress({"phase": "fft", "kind": "step", "epoch": epoch, "epochs": epochs, "step": s + 1,
-                      "steps": steps, "loss": loss.item(), "images_per_s": seen / max(time.time() - t0, 1e-6)})
-    return total / max(seen, 1)
+        if progress and report.due(s):
+            progress({"phase": "fft", "kind": "step", "epoch": epoch, "epochs": epochs, "step": s,
+                      "steps": len(batches), "loss": float(loss.detach()), "images_per_s": report.rate(seen)})
+    return world.sum(float(total)) / max(seen, 1)
