@@ -145,7 +145,10 @@ def _do_run(config: RunConfig, quiet: bool) -> int:
         return 130
     finally:
         bars.close()
-    print(_summary(out))
+    from .distributed import world_from_env
+
+    if world_from_env().main:   # under torchrun only rank 0 wrote the run directory
+        print(_summary(out))
     return 0
 
 
@@ -210,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run TURN on the built-in offline demo (MNIST digits with injected noise)")
     d.add_argument("--quiet", action="store_true")
     add_config_flags(d, skip=("data",))
-    a = sub.add_parser("app", help="start the Streamlit workbench (http://localhost:8501); "
-                                   "other arguments go to `streamlit run` (e.g. --server.port 8600)")
+    sub.add_parser("app", help="start the Streamlit workbench (http://localhost:8501); "
+                          "other arguments go to `streamlit run` (e.g. --server.port 8600)")
     e = sub.add_parser("export", help="export corrected labels (suggestions + review decisions), or the run's "
                                       "results for cleanlab, FiftyOne or Label Studio")
     e.add_argument("run_dir", type=Path)
