@@ -41,11 +41,14 @@ SETTINGS = {
 }
 
 
-def materialise(work: Path, labels: str, n_train: int, n_test: int) -> Path:
-    out = work / f"cifar10n-{labels}-{n_train}"
+def materialise(work: Path, labels: str, n_train: int, n_test: int, data_seed: int = 0) -> Path:
+    """The folder of one ``cifar10n.py`` subset (written once): ``data_seed`` picks the images
+    (seed 0 keeps the folder name earlier benchmarks cached)."""
+    tail = f"-s{data_seed}" if data_seed else ""
+    out = work / f"cifar10n-{labels}-{n_train}{tail}"
     if not (out / "train.csv").exists():
-        subprocess.run([sys.executable, str(SHARED), str(out), "--labels", labels,
-                        "--n-train", str(n_train), "--n-test", str(n_test)], check=True)
+        subprocess.run([sys.executable, str(SHARED), str(out), "--labels", labels, "--n-train", str(n_train),
+                        "--n-test", str(n_test), "--seed", str(data_seed)], check=True)
     return out
 
 

@@ -230,6 +230,63 @@ def flag_confident_learning(s: Signals, suspicion: np.ndarray) -> np.ndarray:
     return np.asarray(find_label_issues(s.labels, p), dtype=bool)
 
 
+# ------------------------------------------------ top-k rules: how many labels are wrong
+# The ranking (suspicion) and the count are separate questions: the ensemble ranks best (highest
+# AUROC) but its "top class differs" rule over-flags on low noise, while the GMM counts well on
+# loss-separable noise and collapses on consistent flips. A top-k rule ranks by the run's
+# suspicion and takes k from an estimate of the number of wrong labels that reads no truth.
+ERROR_COUNTS: dict[str, Callable[[Signals, np.ndarray], float]] = {}
+
+
+def register_error_count(name: str):
+    """Decorator: add ``fn(signals, suspicion) -> estimated number of wrong labels`` to
+    ``ERROR_COUNTS`` and register the flag rule ``top-k-<name>`` that flags that many."""
+    def deco(fn):
+        ERROR_COUNTS[name] = fn
+
+        def rule(s: Signals, suspicion: np.ndarray) -> np.ndarray:
+            return top_k(suspicion, fn(s, suspicion))
+        rule.__doc__ = f"Flag the k most suspicious samples, k = {name} estimate of the wrong labels."
+        FLAG_RULES[f"top-k-{name}"] = rule
+        return fn
+    return deco
+
+
+def top_k(suspicion: np.ndarray, k: float) -> np.ndarray:
+    """(N,) bool: True on the ``k`` (rounded, clipped to [0, N]) highest ``suspicion`` (N,)
+    values; ties go to the lower index, so the same input always flags the same samples."""
+    sus = np.asarray(suspicion, dtype=np.float64)
+    k = int(np.clip(np.rint(k), 0, len(sus)))
+    flagged = np.zeros(len(sus), dtype=bool)
+    flagged[np.argsort(-sus, kind="stable")[:k]] = True
+    return flagged
+
+
+@register_error_count("gmm")
+def count_gmm(s: Signals, suspicion: np.ndarray) -> float:
+    """Σ (1 − clean posterior): the GMM's noisy-component weight × N, as the fit sees it."""
+    return float(np.sum(1.0 - np.asarray(s.clean_prob, dtype=np.float64)))
+
+
+@register_error_count("cl")
+def count_confident_learning(s: Signals, suspicion: np.ndarray) -> float:
+    """Confident learning's number of label issues (off-diagonal of the confident joint) on the
+    ensemble's probabilities; without cleanlab, the count of "top class differs"."""
+    p = suggestion_probs(s)
+    try:
+        from cleanlab.count import num_label_issues
+    except ImportError:
+        return float(np.sum(p.argmax(axis=1) != s.labels))
+    return float(num_label_issues(s.labels, p))
+
+
+@register_error_count("expected")
+def count_expected(s: Signals, suspicion: np.ndarray) -> float:
+    """Σ (1 − ensemble p(given)): the number of wrong labels the ensemble expects if calibrated."""
+    p = suggestion_probs(s)
+    return float(np.sum(1.0 - p[np.arange(len(s.labels)), s.labels]))
+
+
 # ---------------------------------------------------------- applying a score and a flag rule
 
 

@@ -1,0 +1,219 @@
+"""The honest protocol for choosing TURN Audit's flag rule (not part of the test suite).
+
+    .venv/bin/python bench/protocol.py --work /tmp/turn-protocol [--stage train|dev|report]
+
+Rules and settings are chosen on development images and reported on images that chose nothing:
+
+* development: ``cifar10n.py --seed 0`` (data seed 0), training seed 0;
+* report: ``cifar10n.py --seed 1`` and ``--seed 2``, each with training seeds 0, 1 and 2, as
+  mean ± sd over the six runs of a setting.
+
+``cifar10n.py --seed S`` draws a random subset, so two seeds' subsets share images (2,000 of
+50,000 each: about 80 in common). The report manifests therefore drop every image an earlier
+data seed already drew (``disjoint_manifest``), so the three image sets are disjoint.
+The four settings are those of ``bench/run_bench.py``. TURN is trained once per (setting,
+image set, training seed); every flag rule and both peers are scored from that run's saved
+arrays (``scores.signals_from_run``), so adding a rule never retrains.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run_bench import SETTINGS, materialise
+
+from turn_core.config import RunConfig
+from turn_core.metrics import detection_metrics
+from turn_core.rundir import Run
+
+DEV_DATA_SEEDS = (0,)
+DEV_TRAIN_SEEDS = (0,)
+REPORT_DATA_SEEDS = (1, 2)
+REPORT_TRAIN_SEEDS = (0, 1, 2)
+
+
+def image_ids(folder: Path, split: str) -> set[str]:
+    """The image paths (``images/<split>/<index>.png``, the same name for the same CIFAR image
+    in every subset) a materialised subset holds."""
+    with open(folder / f"{split}.csv", newline="") as f:
+        return {r["path"] for r in csv.DictReader(f)}
+
+
+def disjoint_manifest(folder: Path, exclude: set[str], name: str = "protocol.csv") -> tuple[Path, int]:
+    """One CSV (path,label,split,clean_label) of the subset's train and test rows minus the
+    images in ``exclude``; returns (its path, how many rows were dropped)."""
+    rows, dropped = [], 0
+    for split in ("train", "test"):
+        with open(folder / f"{split}.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                if r["path"] in exclude:
+                    dropped += 1
+                    continue
+                rows.append([r["path"], r["label"], split, r.get("clean_label") or r["label"]])
+    out = folder / name
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "split", "clean_label"])
+        w.writerows(rows)
+    return out, dropped
+
+
+def manifests(work: Path, args) -> dict[tuple[str, int], Path]:
+    """(label set, data seed) -> a manifest disjoint from every lower data seed's images."""
+    out, seen, log = {}, {}, {}
+    for data_seed in (*DEV_DATA_SEEDS, *REPORT_DATA_SEEDS):
+        for label_set in sorted({v[0] for v in SETTINGS.values()}):
+            folder = materialise(work, label_set, args.n_train, args.n_test, data_seed)
+            ids = image_ids(folder, "train") | image_ids(folder, "test")
+            # the same data seed draws the same images whatever the label set
+            earlier = set().union(*[v for d, v in seen.items() if d < data_seed])
+            out[(label_set, data_seed)], dropped = disjoint_manifest(folder, earlier)
+            log[f"{label_set} data seed {data_seed}"] = {"csv": str(out[(label_set, data_seed)]),
+                                                         "dropped_overlap": dropped}
+            seen[data_seed] = ids
+    (work / "manifests.json").write_text(json.dumps(log, indent=2))
+    return out
+
+
+def run_dir(work: Path, setting: str, data_seed: int, train_seed: int) -> Path:
+    return work / "runs" / f"{setting}-d{data_seed}-t{train_seed}"
+
+
+def train_all(work: Path, args, plan: list[tuple[str, int, int]]) -> None:
+    """Train TURN once per (setting, data seed, training seed) not yet on disk."""
+    from turn_core.pipeline import run
+
+    mans = manifests(work, args)
+    for setting, data_seed, train_seed in plan:
+        out = run_dir(work, setting, data_seed, train_seed)
+        if (out / "metrics.json").exists():
+            continue
+        label_set, noise = SETTINGS[setting]
+        cfg = RunConfig(data=str(mans[(label_set, data_seed)]), out=str(out), method="turn",
+                        image_size=args.image_size, seed=train_seed, batch_size=128)
+        if noise:
+            cfg.inject_noise, cfg.inject_noise_rate = noise
+        t0 = time.time()
+        run(cfg)
+        print(f"trained {out.name} in {time.time() - t0:.0f} s", flush=True)
+
+
+def evaluate(r: Run, peers_cache: Path) -> dict:
+    """Every flag rule (ranked by the default "ensemble" score), both scores' AUROC, the peers,
+    and, as diagnostics, each truth-free error count and the F1 of flagging exactly the true
+    number of errors (what a perfect count would give)."""
+    from run_bench import peers
+
+    from turn_core.scores import ERROR_COUNTS, FLAG_RULES, SCORES, score_and_flag, signals_from_run, top_k
+
+    s = r.samples()
+    idx = {c: i for i, c in enumerate(r.classes)}
+    truth = s["true_label"].map(idx).to_numpy()
+    sig = signals_from_run(r)
+    noisy = sig.labels != truth
+    out = {"rules": {}, "auroc": {}, "counts": {}, "n_noisy": int(noisy.sum()), "n": int(noisy.size),
+           "test_accuracy": r.metrics.get("test_accuracy"), "test_accuracy_lp": r.metrics.get("test_accuracy_lp")}
+    for rule in FLAG_RULES:
+        o = score_and_flag(sig, "ensemble", rule)
+        out["rules"][rule] = detection_metrics(noisy, o["flagged"])
+    for score in SCORES:
+        out["auroc"][f"TURN {score} score"] = detection_metrics(noisy, noisy, score_and_flag(sig, score)["suspicion"])["auroc"]
+    sus = score_and_flag(sig, "ensemble")["suspicion"]
+    out["counts"] = {name: fn(sig, sus) for name, fn in ERROR_COUNTS.items()}
+
+    out["top-k at the true count (oracle)"] = detection_metrics(noisy, top_k(sus, noisy.sum()))["f1"]
+    if peers_cache.exists():
+        out["peers"] = json.loads(peers_cache.read_text())
+    else:
+        out["peers"] = {k: {m: v[m] for m in ("precision", "recall", "f1", "auroc", "n_flagged")}
+                        for k, v in peers(r).items()}
+        peers_cache.write_text(json.dumps(out["peers"]))
+    return out
+
+
+def evaluate_plan(work: Path, plan: list[tuple[str, int, int]]) -> dict:
+    """setting -> list of per-run evaluations (runs not trained yet are skipped)."""
+    res: dict[str, list] = {}
+    for setting, data_seed, train_seed in plan:
+        d = run_dir(work, setting, data_seed, train_seed)
+        if not (d / "metrics.json").exists():
+            continue
+        e = evaluate(Run(d), d.parent / f"{d.name}.peers.json")
+        e["run"] = d.name
+        res.setdefault(setting, []).append(e)
+    return res
+
+
+def ms(values) -> str:
+    """'mean ± sd' (sd over runs, ddof 1; just the mean for one run)."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    return f"{v.mean():.3f}" if len(v) < 2 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+
+
+def table(setting: str, runs: list[dict]) -> list[str]:
+    """One markdown table of a setting: every flag rule, then the peers, mean ± sd over runs."""
+    noise = np.mean([e["n_noisy"] / e["n"] for e in runs])
+    lines = [f"#### {setting} (noise rate {noise:.3f}, {len(runs)} runs, {runs[0]['n']} images each)",
+             "| rule or method | precision | recall | F1 | flagged / wrong | AUROC |", "|---|---|---|---|---|---|"]
+    auc_turn = ms(e["auroc"]["TURN ensemble score"] for e in runs)
+    for rule in runs[0]["rules"]:
+        col = [e["rules"][rule] for e in runs]
+        ratio = ms(c["n_flagged"] / max(e["n_noisy"], 1) for c, e in zip(col, runs))
+        auc = ms(e["auroc"]["TURN paper score"] for e in runs) if rule == "paper" else auc_turn
+        lines.append(f"| TURN `{rule}` | {ms(c['precision'] for c in col)} | {ms(c['recall'] for c in col)} "
+                     f"| {ms(c['f1'] for c in col)} | {ratio} | {auc} |")
+    for peer in runs[0]["peers"]:
+        col = [e["peers"][peer] for e in runs]
+        ratio = ms(c["n_flagged"] / max(e["n_noisy"], 1) for c, e in zip(col, runs))
+        lines.append(f"| {peer} | {ms(c['precision'] for c in col)} | {ms(c['recall'] for c in col)} "
+                     f"| {ms(c['f1'] for c in col)} | {ratio} | {ms(c['auroc'] for c in col)} |")
+    counts = "; ".join(f"{k} {ms(e['counts'][k] / max(e['n_noisy'], 1) for e in runs)}" for k in runs[0]["counts"])
+    lines.append(f"\nEstimated / true number of wrong labels: {counts}. F1 of the top-k at the true count "
+                 f"(oracle, not selectable): {ms(e['top-k at the true count (oracle)'] for e in runs)}. "
+                 f"Test accuracy: TURN {ms(e['test_accuracy'] for e in runs)}, its LP "
+                 f"{ms(e['test_accuracy_lp'] for e in runs)}.\n")
+    return lines
+
+
+def plan_of(stage: str) -> list[tuple[str, int, int]]:
+    dev = [(s, d, t) for s in SETTINGS for d in DEV_DATA_SEEDS for t in DEV_TRAIN_SEEDS]
+    # training seed outermost: a budget cut short still covers both report image sets
+    rep = [(s, d, t) for t in REPORT_TRAIN_SEEDS for d in REPORT_DATA_SEEDS for s in SETTINGS]
+    return {"dev": dev, "report": rep, "all": dev + rep}[stage]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
+    ap.add_argument("--stage", default="train", choices=["train", "dev", "report"])
+    ap.add_argument("--plan", default="all", choices=["dev", "report", "all"], help="which runs --stage train trains")
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--image-size", type=int, default=32)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "train":
+        import torch
+
+        print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
+        train_all(args.work, args, plan_of(args.plan))
+        return
+    res = evaluate_plan(args.work, plan_of(args.stage))
+    for setting, runs in res.items():
+        print("\n".join(table(setting, runs)))
+    (args.work / f"{args.stage}.json").write_text(json.dumps(res, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
