@@ -200,7 +200,7 @@ def test_registries_hold_the_documented_names():
     assert {"paper", "ensemble"} <= SCORES.keys()
     assert {"paper", "ensemble", "confident-learning"} <= FLAG_RULES.keys()
     assert {f"top-k-{name}" for name in ERROR_COUNTS} <= FLAG_RULES.keys()
-    assert {"gmm", "cl", "expected"} <= ERROR_COUNTS.keys()
+    assert {"gmm", "gmm-suspicion", "cl", "expected"} <= ERROR_COUNTS.keys()
     assert all(callable(f) for f in [*SCORES.values(), *FLAG_RULES.values()])
 
 
@@ -246,3 +246,12 @@ def test_top_k_cl_flags_exactly_the_planted_errors():
     out = score_and_flag(s, "ensemble", "top-k-cl")
     assert set(np.flatnonzero(out["flagged"])) == set(wrong)
     assert np.array_equal(out["suggested"][wrong], (s.labels[wrong] + 2) % 3)   # back to the truth
+
+
+def test_gmm_on_suspicion_counts_the_high_mode():
+    rng = np.random.default_rng(3)
+    sus = np.concatenate([rng.uniform(0.0, 0.1, 80), rng.uniform(0.85, 0.95, 20)])
+    rng.shuffle(sus)
+    s = _signals(n=100, k=3)
+    assert ERROR_COUNTS["gmm-suspicion"](s, sus) == pytest.approx(20, abs=0.5)
+    assert np.array_equal(FLAG_RULES["top-k-gmm-suspicion"](s, sus), sus > 0.5)

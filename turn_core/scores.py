@@ -280,6 +280,16 @@ def count_confident_learning(s: Signals, suspicion: np.ndarray) -> float:
     return float(num_label_issues(s.labels, p))
 
 
+@register_error_count("gmm-suspicion")
+def count_gmm_on_suspicion(s: Signals, suspicion: np.ndarray) -> float:
+    """Σ (1 − clean posterior) of a two-component GMM fitted to the suspicion itself (the
+    paper's GMM recipe on the run's ranking instead of the final model's loss)."""
+    from .selection import fit_loss_gmm
+
+    post, _ = fit_loss_gmm(np.asarray(suspicion, dtype=np.float64))
+    return float(np.sum(1.0 - post))
+
+
 @register_error_count("expected")
 def count_expected(s: Signals, suspicion: np.ndarray) -> float:
     """Σ (1 − ensemble p(given)): the number of wrong labels the ensemble expects if calibrated."""
