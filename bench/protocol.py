@@ -91,17 +91,18 @@ def run_dir(work: Path, setting: str, data_seed: int, train_seed: int) -> Path:
 
 
 def train_all(work: Path, args, plan: list[tuple[str, int, int]]) -> None:
-    """Train TURN once per (setting, data seed, training seed) not yet on disk."""
+    """Train TURN once per (setting, data seed, training seed) whose run folder does not exist
+    yet (delete the folder of a run that was interrupted)."""
     from turn_core.pipeline import run
 
     mans = manifests(work, args)
     for setting, data_seed, train_seed in plan:
         out = run_dir(work, setting, data_seed, train_seed)
-        if (out / "metrics.json").exists():
+        if out.exists():  # finished, or claimed by another process of the same plan
             continue
         label_set, noise = SETTINGS[setting]
         cfg = RunConfig(data=str(mans[(label_set, data_seed)]), out=str(out), method="turn",
-                        image_size=args.image_size, seed=train_seed, batch_size=128)
+                        image_size=args.image_size, seed=train_seed, batch_size=128, num_threads=args.threads)
         if noise:
             cfg.inject_noise, cfg.inject_noise_rate = noise
         t0 = time.time()
@@ -237,6 +238,10 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--n-test", type=int, default=250)
     ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per training run")
+    ap.add_argument("--shard", default="0/1", help="i/n: train every n-th run of the plan from the i-th "
+                    "(n processes with --threads 1 share busy cores better than one with n threads)")
+    ap.add_argument("--reverse", action="store_true", help="train the plan from its end (a second process)")
     ap.add_argument("--default", default=RunConfig().flag_rule, help="the rule the verdict tests")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -244,7 +249,9 @@ def main() -> None:
         import torch
 
         print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
-        train_all(args.work, args, plan_of(args.plan))
+        i, n = (int(x) for x in args.shard.split("/"))
+        plan = plan_of(args.plan)[i::n]
+        train_all(args.work, args, plan[::-1] if args.reverse else plan)
         return
     res = evaluate_plan(args.work, plan_of(args.stage))
     for setting, runs in res.items():

@@ -130,9 +130,11 @@ def ours(r: Run) -> dict:
     sig = signals_from_run(r)
     noisy = sig.labels != truth
     out = {}
-    for name, (score, rule) in {"TURN Audit default": ("ensemble", "ensemble"),
-                                "TURN ensemble + confident learning": ("ensemble", "confident-learning"),
-                                "TURN paper GMM rule": ("paper", "paper")}.items():
+    default = RunConfig()
+    rows = {"TURN Audit default": (default.score, default.flag_rule),
+            "TURN ensemble + confident learning": ("ensemble", "confident-learning"),
+            "TURN paper GMM rule": ("paper", "paper")}
+    for name, (score, rule) in rows.items():
         t0 = time.time()
         o = score_and_flag(sig, score, rule)
         sugg = best_other(suggestion_probs(sig) if score == "ensemble" else sig.probs, sig.labels)
