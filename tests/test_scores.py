@@ -255,3 +255,13 @@ def test_gmm_on_suspicion_counts_the_high_mode():
     s = _signals(n=100, k=3)
     assert ERROR_COUNTS["gmm-suspicion"](s, sus) == pytest.approx(20, abs=0.5)
     assert np.array_equal(FLAG_RULES["top-k-gmm-suspicion"](s, sus), sus > 0.5)
+
+
+def test_score_and_flag_defaults_are_the_run_configs():
+    from turn_core.config import RunConfig
+
+    s = _signals(n=60, k=4, seed=21)
+    s.cv_probs = np.random.default_rng(22).dirichlet(np.ones(4), 60)
+    cfg = RunConfig()
+    got, want = score_and_flag(s), score_and_flag(s, cfg.score, cfg.flag_rule)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
