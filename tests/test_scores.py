@@ -257,11 +257,14 @@ def test_gmm_on_suspicion_counts_the_high_mode():
     assert np.array_equal(FLAG_RULES["top-k-gmm-suspicion"](s, sus), sus > 0.5)
 
 
-def test_score_and_flag_defaults_are_the_run_configs():
+def test_score_and_flag_defaults_are_the_run_configs(monkeypatch):
     from turn_core.config import RunConfig
 
     s = _signals(n=60, k=4, seed=21)
     s.cv_probs = np.random.default_rng(22).dirichlet(np.ones(4), 60)
-    cfg = RunConfig()
-    got, want = score_and_flag(s), score_and_flag(s, cfg.score, cfg.flag_rule)
+    # a different default in RunConfig must change what an unnamed call does
+    monkeypatch.setattr(RunConfig.__dataclass_fields__["flag_rule"], "default", "paper")
+    monkeypatch.setattr(RunConfig.__dataclass_fields__["score"], "default", "paper")
+    got, want = score_and_flag(s), score_and_flag(s, "paper", "paper")
     assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert not np.array_equal(got["flagged"], score_and_flag(s, "ensemble", "ensemble")["flagged"])
