@@ -1,6 +1,13 @@
 """The honest protocol for choosing TURN Audit's flag rule (not part of the test suite).
 
-    .venv/bin/python bench/protocol.py --work /tmp/turn-protocol [--stage train|dev|report]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/protocol.py --stage train --plan dev --threads 1
+    OMP_NUM_THREADS=1 .venv/bin/python bench/protocol.py --stage train --plan report --threads 1 [--reverse]
+    .venv/bin/python bench/protocol.py --stage dev                        # choose here
+    .venv/bin/python bench/protocol.py --stage report [--default RULE]    # then report
+
+(``--work`` defaults to /tmp/turn-protocol; two ``--plan report`` processes, one with
+``--reverse``, share the runs.) Sizes: 1,000 train / 250 test images per set at 32 px, so the 28
+runs fit the shared CPUs (a run takes 1.5-4 min on 1 busy core).
 
 Rules and settings are chosen on development images and reported on images that chose nothing:
 
