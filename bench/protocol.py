@@ -264,7 +264,10 @@ def main() -> None:
     for setting, runs in res.items():
         print("\n".join(table(setting, runs)))
     if res:
-        print("\n".join(["", "F1 minus the best rule's, per setting (mean over runs):", *choose(res), "",
+        lines = choose(res)
+        if args.stage == "report":  # report images choose nothing
+            lines = lines[:-1]
+        print("\n".join(["", "F1 minus the best rule's, per setting (mean over runs):", *lines, "",
                           f"Default `{args.default}`:", *verdict(res, args.default)]))
     (args.work / f"{args.stage}.json").write_text(json.dumps(res, indent=1, default=float))
 
