@@ -41,11 +41,14 @@ SETTINGS = {
 }
 
 
-def materialise(work: Path, labels: str, n_train: int, n_test: int) -> Path:
-    out = work / f"cifar10n-{labels}-{n_train}"
+def materialise(work: Path, labels: str, n_train: int, n_test: int, data_seed: int = 0) -> Path:
+    """The folder of one ``cifar10n.py`` subset (written once): ``data_seed`` picks the images
+    (seed 0 keeps the folder name earlier benchmarks cached)."""
+    tail = f"-s{data_seed}" if data_seed else ""
+    out = work / f"cifar10n-{labels}-{n_train}{tail}"
     if not (out / "train.csv").exists():
-        subprocess.run([sys.executable, str(SHARED), str(out), "--labels", labels,
-                        "--n-train", str(n_train), "--n-test", str(n_test)], check=True)
+        subprocess.run([sys.executable, str(SHARED), str(out), "--labels", labels, "--n-train", str(n_train),
+                        "--n-test", str(n_test), "--seed", str(data_seed)], check=True)
     return out
 
 
@@ -127,9 +130,11 @@ def ours(r: Run) -> dict:
     sig = signals_from_run(r)
     noisy = sig.labels != truth
     out = {}
-    for name, (score, rule) in {"TURN Audit default": ("ensemble", "ensemble"),
-                                "TURN ensemble + confident learning": ("ensemble", "confident-learning"),
-                                "TURN paper GMM rule": ("paper", "paper")}.items():
+    default = RunConfig()
+    rows = {"TURN Audit default": (default.score, default.flag_rule),
+            "TURN ensemble + confident learning": ("ensemble", "confident-learning"),
+            "TURN paper GMM rule": ("paper", "paper")}
+    for name, (score, rule) in rows.items():
         t0 = time.time()
         o = score_and_flag(sig, score, rule)
         sugg = best_other(suggestion_probs(sig) if score == "ensemble" else sig.probs, sig.labels)

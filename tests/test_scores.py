@@ -8,6 +8,7 @@ import pytest
 
 from turn_core.errors import InputError
 from turn_core.scores import (
+    ERROR_COUNTS,
     FLAG_RULES,
     SCORES,
     Signals,
@@ -18,6 +19,7 @@ from turn_core.scores import (
     score_and_flag,
     select_views,
     suggestion_probs,
+    top_k,
 )
 
 
@@ -197,4 +199,72 @@ def test_registries_hold_the_documented_names():
     # settings.check_names, the CLI and the benchmark address these by name
     assert {"paper", "ensemble"} <= SCORES.keys()
     assert {"paper", "ensemble", "confident-learning"} <= FLAG_RULES.keys()
+    assert {f"top-k-{name}" for name in ERROR_COUNTS} <= FLAG_RULES.keys()
+    assert {"gmm", "gmm-suspicion", "cl", "expected"} <= ERROR_COUNTS.keys()
     assert all(callable(f) for f in [*SCORES.values(), *FLAG_RULES.values()])
+
+
+# ------------------------------------------------------------------------------ top-k rules
+def test_top_k_flags_the_highest_ties_to_the_lower_index():
+    sus = np.array([0.2, 0.9, 0.5, 0.9, 0.1])
+    assert np.flatnonzero(top_k(sus, 1)).tolist() == [1]           # tie 0.9/0.9: lower index
+    assert np.flatnonzero(top_k(sus, 3)).tolist() == [1, 2, 3]
+    assert np.flatnonzero(top_k(sus, 2.4)).tolist() == [1, 3]      # k rounds to the nearest
+    assert not top_k(sus, -3).any() and top_k(sus, 99).all()       # k clipped to [0, N]
+    assert top_k(sus, 2).dtype == bool
+
+
+def _planted(n_per_class=20, n_wrong=6, seed=11):
+    """3 classes, an ensemble sure of the true class, ``n_wrong`` given labels moved one class on."""
+    truth = np.repeat(np.arange(3), n_per_class)
+    labels = truth.copy()
+    wrong = np.random.default_rng(seed).choice(len(truth), n_wrong, replace=False)
+    labels[wrong] = (truth[wrong] + 1) % 3
+    sure = np.full((len(truth), 3), 0.05)
+    sure[np.arange(len(truth)), truth] = 0.9
+    return Signals(labels=labels, probs=sure, clean_prob=np.ones(len(truth)), losses=np.zeros((1, len(truth))),
+                   knn_probs=sure, cv_probs=sure), wrong
+
+
+def test_gmm_count_is_the_expected_number_of_noisy_samples():
+    s = _signals(n=6, k=3)
+    s.clean_prob = np.array([0.9, 0.1, 0.8, 0.3, 1.0, 0.4])        # Σ(1 − p) = 2.5 → k = 2
+    assert ERROR_COUNTS["gmm"](s, np.zeros(6)) == pytest.approx(2.5)
+    sus = np.array([0.1, 0.7, 0.2, 0.95, 0.3, 0.6])
+    assert np.flatnonzero(FLAG_RULES["top-k-gmm"](s, sus)).tolist() == [1, 3]
+
+
+def test_expected_count_sums_the_ensembles_doubt_in_the_given_label():
+    s, _ = _planted()
+    # p(given) = 0.9 on the 54 right labels and 0.05 on the 6 wrong ones
+    assert ERROR_COUNTS["expected"](s, np.zeros(60)) == pytest.approx(54 * 0.1 + 6 * 0.95)
+
+
+def test_top_k_cl_flags_exactly_the_planted_errors():
+    s, wrong = _planted()
+    assert ERROR_COUNTS["cl"](s, np.zeros(60)) == 6
+    out = score_and_flag(s, "ensemble", "top-k-cl")
+    assert set(np.flatnonzero(out["flagged"])) == set(wrong)
+    assert np.array_equal(out["suggested"][wrong], (s.labels[wrong] + 2) % 3)   # back to the truth
+
+
+def test_gmm_on_suspicion_counts_the_high_mode():
+    rng = np.random.default_rng(3)
+    sus = np.concatenate([rng.uniform(0.0, 0.1, 80), rng.uniform(0.85, 0.95, 20)])
+    rng.shuffle(sus)
+    s = _signals(n=100, k=3)
+    assert ERROR_COUNTS["gmm-suspicion"](s, sus) == pytest.approx(20, abs=0.5)
+    assert np.array_equal(FLAG_RULES["top-k-gmm-suspicion"](s, sus), sus > 0.5)
+
+
+def test_score_and_flag_defaults_are_the_run_configs(monkeypatch):
+    from turn_core.config import RunConfig
+
+    s = _signals(n=60, k=4, seed=21)
+    s.cv_probs = np.random.default_rng(22).dirichlet(np.ones(4), 60)
+    # a different default in RunConfig must change what an unnamed call does
+    monkeypatch.setattr(RunConfig.__dataclass_fields__["flag_rule"], "default", "paper")
+    monkeypatch.setattr(RunConfig.__dataclass_fields__["score"], "default", "paper")
+    got, want = score_and_flag(s), score_and_flag(s, "paper", "paper")
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert not np.array_equal(got["flagged"], score_and_flag(s, "ensemble", "ensemble")["flagged"])

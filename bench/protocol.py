@@ -1,0 +1,276 @@
+"""The honest protocol for choosing TURN Audit's flag rule (not part of the test suite).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/protocol.py --stage train --plan dev --threads 1
+    OMP_NUM_THREADS=1 .venv/bin/python bench/protocol.py --stage train --plan report --threads 1 [--reverse]
+    .venv/bin/python bench/protocol.py --stage dev                        # choose here
+    .venv/bin/python bench/protocol.py --stage report [--default RULE]    # then report
+
+(``--work`` defaults to /tmp/turn-protocol; two ``--plan report`` processes, one with
+``--reverse``, share the runs.) Sizes: 1,000 train / 250 test images per set at 32 px, so the 28
+runs fit the shared CPUs (a run takes 1.5-4 min on 1 busy core).
+
+Rules and settings are chosen on development images and reported on images that chose nothing:
+
+* development: ``cifar10n.py --seed 0`` (data seed 0), training seed 0;
+* report: ``cifar10n.py --seed 1`` and ``--seed 2``, each with training seeds 0, 1 and 2, as
+  mean ± sd over the six runs of a setting.
+
+``cifar10n.py --seed S`` draws a random subset, so two seeds' subsets share images (2,000 of
+50,000 each: about 80 in common). The report manifests therefore drop every image an earlier
+data seed already drew (``disjoint_manifest``), so the three image sets are disjoint.
+The four settings are those of ``bench/run_bench.py``. TURN is trained once per (setting,
+image set, training seed); every flag rule and both peers are scored from that run's saved
+arrays (``scores.signals_from_run``), so adding a rule never retrains.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run_bench import SETTINGS, materialise
+
+from turn_core.config import RunConfig
+from turn_core.metrics import detection_metrics
+from turn_core.rundir import Run
+
+DEV_DATA_SEEDS = (0,)
+DEV_TRAIN_SEEDS = (0,)
+REPORT_DATA_SEEDS = (1, 2)
+REPORT_TRAIN_SEEDS = (0, 1, 2)
+
+
+def image_ids(folder: Path, split: str) -> set[str]:
+    """The image paths (``images/<split>/<index>.png``, the same name for the same CIFAR image
+    in every subset) a materialised subset holds."""
+    with open(folder / f"{split}.csv", newline="") as f:
+        return {r["path"] for r in csv.DictReader(f)}
+
+
+def disjoint_manifest(folder: Path, exclude: set[str], name: str = "protocol.csv") -> tuple[Path, int]:
+    """One CSV (path,label,split,clean_label) of the subset's train and test rows minus the
+    images in ``exclude``; returns (its path, how many rows were dropped)."""
+    rows, dropped = [], 0
+    for split in ("train", "test"):
+        with open(folder / f"{split}.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                if r["path"] in exclude:
+                    dropped += 1
+                    continue
+                rows.append([r["path"], r["label"], split, r.get("clean_label") or r["label"]])
+    out = folder / name
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "split", "clean_label"])
+        w.writerows(rows)
+    return out, dropped
+
+
+def manifests(work: Path, args) -> dict[tuple[str, int], Path]:
+    """(label set, data seed) -> a manifest disjoint from every lower data seed's images."""
+    out, seen, log = {}, {}, {}
+    for data_seed in (*DEV_DATA_SEEDS, *REPORT_DATA_SEEDS):
+        for label_set in sorted({v[0] for v in SETTINGS.values()}):
+            folder = materialise(work, label_set, args.n_train, args.n_test, data_seed)
+            ids = image_ids(folder, "train") | image_ids(folder, "test")
+            # the same data seed draws the same images whatever the label set
+            earlier = set().union(*[v for d, v in seen.items() if d < data_seed])
+            out[(label_set, data_seed)], dropped = disjoint_manifest(folder, earlier)
+            log[f"{label_set} data seed {data_seed}"] = {"csv": str(out[(label_set, data_seed)]),
+                                                         "dropped_overlap": dropped}
+            seen[data_seed] = ids
+    (work / "manifests.json").write_text(json.dumps(log, indent=2))
+    return out
+
+
+def run_dir(work: Path, setting: str, data_seed: int, train_seed: int) -> Path:
+    return work / "runs" / f"{setting}-d{data_seed}-t{train_seed}"
+
+
+def train_all(work: Path, args, plan: list[tuple[str, int, int]]) -> None:
+    """Train TURN once per (setting, data seed, training seed) whose run folder does not exist
+    yet (delete the folder of a run that was interrupted)."""
+    from turn_core.pipeline import run
+
+    mans = manifests(work, args)
+    for setting, data_seed, train_seed in plan:
+        out = run_dir(work, setting, data_seed, train_seed)
+        if out.exists():  # finished, or claimed by another process of the same plan
+            continue
+        label_set, noise = SETTINGS[setting]
+        cfg = RunConfig(data=str(mans[(label_set, data_seed)]), out=str(out), method="turn",
+                        image_size=args.image_size, seed=train_seed, batch_size=128, num_threads=args.threads)
+        if noise:
+            cfg.inject_noise, cfg.inject_noise_rate = noise
+        t0 = time.time()
+        run(cfg)
+        print(f"trained {out.name} in {time.time() - t0:.0f} s", flush=True)
+
+
+def evaluate(r: Run, peers_cache: Path) -> dict:
+    """Every flag rule (ranked by the default "ensemble" score), both scores' AUROC, the peers,
+    and, as diagnostics, each truth-free error count and the F1 of flagging exactly the true
+    number of errors (what a perfect count would give)."""
+    from run_bench import peers
+
+    from turn_core.scores import ERROR_COUNTS, FLAG_RULES, SCORES, score_and_flag, signals_from_run, top_k
+
+    s = r.samples()
+    idx = {c: i for i, c in enumerate(r.classes)}
+    truth = s["true_label"].map(idx).to_numpy()
+    sig = signals_from_run(r)
+    noisy = sig.labels != truth
+    out = {"rules": {}, "auroc": {}, "counts": {}, "n_noisy": int(noisy.sum()), "n": int(noisy.size),
+           "test_accuracy": r.metrics.get("test_accuracy"), "test_accuracy_lp": r.metrics.get("test_accuracy_lp")}
+    for rule in FLAG_RULES:
+        o = score_and_flag(sig, "ensemble", rule)
+        out["rules"][rule] = detection_metrics(noisy, o["flagged"])
+    for score in SCORES:
+        out["auroc"][f"TURN {score} score"] = detection_metrics(noisy, noisy, score_and_flag(sig, score)["suspicion"])["auroc"]
+    sus = score_and_flag(sig, "ensemble")["suspicion"]
+    out["counts"] = {name: fn(sig, sus) for name, fn in ERROR_COUNTS.items()}
+
+    out["top-k at the true count (oracle)"] = detection_metrics(noisy, top_k(sus, noisy.sum()))["f1"]
+    if peers_cache.exists():
+        out["peers"] = json.loads(peers_cache.read_text())
+    else:
+        out["peers"] = {k: {m: v[m] for m in ("precision", "recall", "f1", "auroc", "n_flagged")}
+                        for k, v in peers(r).items()}
+        peers_cache.write_text(json.dumps(out["peers"]))
+    return out
+
+
+def evaluate_plan(work: Path, plan: list[tuple[str, int, int]]) -> dict:
+    """setting -> list of per-run evaluations (runs not trained yet are skipped)."""
+    res: dict[str, list] = {}
+    for setting, data_seed, train_seed in plan:
+        d = run_dir(work, setting, data_seed, train_seed)
+        if not (d / "metrics.json").exists():
+            continue
+        e = evaluate(Run(d), d.parent / f"{d.name}.peers.json")
+        e["run"] = d.name
+        res.setdefault(setting, []).append(e)
+    return res
+
+
+def ms(values) -> str:
+    """'mean ± sd' (sd over runs, ddof 1; just the mean for one run)."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    return f"{v.mean():.3f}" if len(v) < 2 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+
+
+def table(setting: str, runs: list[dict]) -> list[str]:
+    """One markdown table of a setting: every flag rule, then the peers, mean ± sd over runs."""
+    noise = np.mean([e["n_noisy"] / e["n"] for e in runs])
+    lines = [f"#### {setting} (noise rate {noise:.3f}, {len(runs)} runs, {runs[0]['n']} images each)",
+             "| rule or method | precision | recall | F1 | flagged / wrong | AUROC |", "|---|---|---|---|---|---|"]
+    auc_turn = ms(e["auroc"]["TURN ensemble score"] for e in runs)
+    for rule in runs[0]["rules"]:
+        col = [e["rules"][rule] for e in runs]
+        ratio = ms(c["n_flagged"] / max(e["n_noisy"], 1) for c, e in zip(col, runs))
+        auc = ms(e["auroc"]["TURN paper score"] for e in runs) if rule == "paper" else auc_turn
+        lines.append(f"| TURN `{rule}` | {ms(c['precision'] for c in col)} | {ms(c['recall'] for c in col)} "
+                     f"| {ms(c['f1'] for c in col)} | {ratio} | {auc} |")
+    for peer in runs[0]["peers"]:
+        col = [e["peers"][peer] for e in runs]
+        ratio = ms(c["n_flagged"] / max(e["n_noisy"], 1) for c, e in zip(col, runs))
+        lines.append(f"| {peer} | {ms(c['precision'] for c in col)} | {ms(c['recall'] for c in col)} "
+                     f"| {ms(c['f1'] for c in col)} | {ratio} | {ms(c['auroc'] for c in col)} |")
+    counts = "; ".join(f"{k} {ms(e['counts'][k] / max(e['n_noisy'], 1) for e in runs)}" for k in runs[0]["counts"])
+    lines.append(f"\nEstimated / true number of wrong labels: {counts}. F1 of the top-k at the true count "
+                 f"(oracle, not selectable): {ms(e['top-k at the true count (oracle)'] for e in runs)}. "
+                 f"Test accuracy: TURN {ms(e['test_accuracy'] for e in runs)}, its LP "
+                 f"{ms(e['test_accuracy_lp'] for e in runs)}.\n")
+    return lines
+
+
+def shortfalls(res: dict) -> dict[str, dict[str, float]]:
+    """rule -> setting -> best rule's mean F1 minus this rule's (0 for the best rule there)."""
+    mean_f1 = {st: {rule: float(np.mean([e["rules"][rule]["f1"] for e in runs])) for rule in runs[0]["rules"]}
+               for st, runs in res.items()}
+    rules = next(iter(mean_f1.values()))
+    return {rule: {st: max(f.values()) - f[rule] for st, f in mean_f1.items()} for rule in rules}
+
+
+def verdict(res: dict, default: str) -> list[str]:
+    """The issue's test per setting: the default within 0.02 F1 of the best selectable rule, and
+    above both peers (the best k-NN vote and cleanlab) on mean F1 and mean AUROC."""
+    short = shortfalls(res)
+    lines = [f"| setting | best rule | `{default}` − best rule F1 | − best peer F1 | − best peer AUROC | holds |",
+             "|---|---|---|---|---|---|"]
+    for st, runs in res.items():
+        best = min(short, key=lambda r: short[r][st])
+        f1 = np.mean([e["rules"][default]["f1"] for e in runs])
+        auc = np.mean([e["auroc"]["TURN ensemble score"] for e in runs])
+        peer_f1 = max(np.mean([e["peers"][p]["f1"] for e in runs]) for p in runs[0]["peers"])
+        peer_auc = max(np.mean([e["peers"][p]["auroc"] for e in runs]) for p in runs[0]["peers"])
+        ok = short[default][st] <= 0.02 and f1 > peer_f1 and auc > peer_auc
+        lines.append(f"| {st} | `{best}` | {-short[default][st]:+.3f} | {f1 - peer_f1:+.3f} | {auc - peer_auc:+.3f} "
+                     f"| {'yes' if ok else 'no'} |")
+    return lines
+
+
+def choose(res: dict) -> list[str]:
+    """The rule whose worst shortfall from the best rule, over the settings, is smallest."""
+    short = shortfalls(res)
+    lines = ["| rule | " + " | ".join(res) + " | worst |", "|---" * (len(res) + 2) + "|"]
+    for rule, by in sorted(short.items(), key=lambda kv: max(kv[1].values())):
+        lines.append(f"| `{rule}` | " + " | ".join(f"{-v:+.3f}" for v in by.values()) + f" | {-max(by.values()):+.3f} |")
+    lines.append(f"\nchosen (smallest worst shortfall): `{min(short, key=lambda r: max(short[r].values()))}`")
+    return lines
+
+
+def plan_of(stage: str) -> list[tuple[str, int, int]]:
+    dev = [(s, d, t) for s in SETTINGS for d in DEV_DATA_SEEDS for t in DEV_TRAIN_SEEDS]
+    # training seed outermost: a budget cut short still covers both report image sets
+    rep = [(s, d, t) for t in REPORT_TRAIN_SEEDS for d in REPORT_DATA_SEEDS for s in SETTINGS]
+    return {"dev": dev, "report": rep, "all": dev + rep}[stage]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
+    ap.add_argument("--stage", default="train", choices=["train", "dev", "report"])
+    ap.add_argument("--plan", default="all", choices=["dev", "report", "all"], help="which runs --stage train trains")
+    ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--n-test", type=int, default=250)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per training run")
+    ap.add_argument("--shard", default="0/1", help="i/n: train every n-th run of the plan from the i-th "
+                    "(n processes with --threads 1 share busy cores better than one with n threads)")
+    ap.add_argument("--reverse", action="store_true", help="train the plan from its end (a second process)")
+    ap.add_argument("--default", default=RunConfig().flag_rule, help="the rule the verdict tests")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "train":
+        import torch
+
+        print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
+        i, n = (int(x) for x in args.shard.split("/"))
+        plan = plan_of(args.plan)[i::n]
+        train_all(args.work, args, plan[::-1] if args.reverse else plan)
+        return
+    res = evaluate_plan(args.work, plan_of(args.stage))
+    for setting, runs in res.items():
+        print("\n".join(table(setting, runs)))
+    if res:
+        lines = choose(res)
+        if args.stage == "report":  # report images choose nothing
+            lines = lines[:-1]
+        print("\n".join(["", "F1 minus the best rule's, per setting (mean over runs):", *lines, "",
+                          f"Default `{args.default}`:", *verdict(res, args.default)]))
+    (args.work / f"{args.stage}.json").write_text(json.dumps(res, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
