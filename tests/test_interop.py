@@ -31,8 +31,9 @@ def run_dir(tmp_path_factory):
     mp.setenv("TURN_AUDIT_CACHE", str(base / "cache"))
     threads = torch.get_num_threads()
     try:
+        # flag_rule "ensemble": its flags are cleanlab's predicted_neq_given filter (checked below)
         out = pipeline.run(RunConfig(data="demo", demo_n=200, image_size=32, lp_epochs=3, fft_epochs=1,
-                                     batch_size=64, num_threads=1, out=str(base / "run")))
+                                     flag_rule="ensemble", batch_size=64, num_threads=1, out=str(base / "run")))
     finally:
         torch.set_num_threads(threads)
     assert (out / interop.ENSEMBLE_FILE).exists()          # the pipeline writes it

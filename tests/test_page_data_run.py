@@ -76,7 +76,10 @@ def test_every_setting_has_a_widget_with_its_help(clean_env):
         w = shown.get(s.label)
         assert w is not None, f"no widget for {s.name} ({s.label})"
         assert w.help == s.help, s.name
-    assert shown["Flag rule"].options == ["paper", "ensemble", "confident-learning"]
+    from turn_core.scores import FLAG_RULES
+
+    assert shown["Flag rule"].options == list(FLAG_RULES)
+    assert {"paper", "ensemble", "confident-learning", "top-k-cl"} <= set(FLAG_RULES)
     assert shown["Method"].options == ["turn", "ce-lp", "gce-lp", "ce-fft"]
 
 
