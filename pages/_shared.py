@@ -19,7 +19,7 @@ from pages import _state as keys
 from turn_core import views
 from turn_core.errors import InputError
 from turn_core.jobs import JobRegistry, recover_interrupted
-from turn_core.review import ReviewStore
+from turn_core.review import ReviewStore, SuspectRule, suspect_rule
 from turn_core.rundir import STATES, Run
 
 # Streamlit treats a folder named pages/ next to the main script as a v1 multipage app until the
@@ -120,7 +120,8 @@ def open_run(require_samples: bool = False) -> Run | None:
     if require_samples and not (d / "samples.csv").exists():
         state = run.status.get("state")
         if state == "running":
-            st.info(f"Run **{d.name}** is still training; this page fills in when it finishes "
+            st.info(f"Run **{d.name}** is still training; this page fills in with the first (provisional) "
+                    "suspects once linear probing is done, and with the final ones when it finishes "
                     "(see **Training**).")
         else:
             err = run.status.get("error")
@@ -195,12 +196,47 @@ def flash(message_key: str, show) -> None:
         show(msg)
 
 
+def suspects(run: Run, df) -> SuspectRule:
+    """The run's suspect rule, read from its folder on every call: the cut-off saved on Loss
+    distributions (``review.json``, so it survives a reload and holds for every tab), else the
+    run's own flag count. Review, Export and Label Studio use the same one."""
+    try:
+        return suspect_rule(run, df)
+    except InputError as e:   # the folder vanished mid-page: the flag count, said once
+        st.warning(f"Cannot read the saved cut-off: {e}")
+        return SuspectRule(views.default_cutoff(df), "flag count", "final")
+
+
 def cutoff_for(run: Run, df) -> float:
-    """The user's suspicion cut-off for this run (Loss page), else the run's own flag count."""
-    key = keys.cutoff(run.dir.name)
-    if key not in st.session_state:
-        st.session_state[key] = views.default_cutoff(df)
-    return float(st.session_state[key])
+    """The suspicion cut-off of this run (``suspects``): saved on Loss distributions, else the
+    run's own flag count."""
+    return float(suspects(run, df).cutoff)
+
+
+PROVISIONAL_NOTE = ("**Provisional suspects**, scored from the pretrained features while the model "
+                    "fine-tunes. Decisions you make now are kept; when training ends, the queue switches "
+                    "to the final scores (this page reloads itself).")
+
+
+def provisional_banner(run: Run) -> None:
+    """Say so when the run's samples table is the provisional one. While the run trains, a
+    small fragment watches status.json and reruns the page once the final table has replaced
+    it, so the queue switches without the reviewer doing anything."""
+    if not run.provisional:
+        return
+    if run.status.get("state") == "running":
+        _watch_provisional(str(run.dir))
+    else:
+        st.warning("This run stopped before its final scores: these are its **provisional suspects** "
+                   "(pretrained features only). Decisions on them are stored as usual.")
+
+
+@st.fragment(run_every=2.0)
+def _watch_provisional(run_dir_s: str) -> None:
+    run = Run(run_dir_s)
+    if not run.provisional or run.status.get("state") != "running":
+        st.rerun()   # the final table is in (or the run stopped): redraw the page on it
+    st.info(PROVISIONAL_NOTE, icon=":material/hourglass_top:")
 
 
 def state_label(state: str | None) -> str:
@@ -225,12 +261,14 @@ def page_preamble(title: str, empty_message: str | None = None):
     """Title, the selected run with its header, and its samples table — or stop the page.
 
     The opening every run-reading page shares; ``empty_message`` is shown when the run has no
-    samples (the page stops either way)."""
+    samples (the page stops either way). A run still training opens on its provisional table,
+    with a banner saying so (``provisional_banner``)."""
     st.title(title)
     run = open_run(require_samples=True)
     if run is None:
         st.stop()
     run_header(run)
+    provisional_banner(run)
     df = samples(run)
     if df is None or len(df) == 0:
         if empty_message:

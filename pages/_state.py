@@ -13,7 +13,8 @@ REVIEWER_WIDGET = "_reviewer_w"  # the sidebar text input (widget keys vanish wi
 
 
 def cutoff(run: str) -> str:
-    """The suspicion cut-off of ``run`` (set on Loss distributions, read by Review)."""
+    """The cut-off the Loss distributions slider last showed for ``run`` (the value itself lives in
+    RUN_DIR/review.json: ``turn_core.review.save_cutoff``)."""
     return f"cutoff::{run}"
 
 

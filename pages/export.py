@@ -16,6 +16,7 @@ run = sh.open_run(require_samples=True)
 if run is None:
     st.stop()
 sh.run_header(run)
+sh.provisional_banner(run)
 store = sh.review_store(run)
 try:
     n_rev = store.count_reviewed()
@@ -23,11 +24,14 @@ except InputError as e:
     st.error(str(e))
     st.stop()
 df = sh.samples(run)
-st.markdown(f"**{n_rev} images reviewed** of {len(df)} · unreviewed images keep their given label "
-            "(and the run's flag in `is_label_issue`).")
+rule = sh.suspects(run, df)
+n_suspects = int(rule.mask(df).sum())
+st.markdown(f"**{n_rev} images reviewed** of {len(df)} · unreviewed images keep their given label. "
+            f"**{n_suspects} suspects**: {rule.describe()} — the Review queue; `is_label_issue` is 1 for "
+            "an unreviewed suspect.")
 
 try:
-    corrected = ex.corrected_labels(run.dir)
+    corrected = ex.corrected_labels(run.dir, rule)
 except InputError as e:
     st.error(str(e))
     st.stop()
@@ -49,8 +53,8 @@ sh.flash(keys.EXPORT_MESSAGE, st.toast)
 st.subheader("Corrected labels")
 st.caption("Columns: `path, given_label, suggested_label, final_label, decision, suspicion, is_label_issue`. "
            "`suspicion` lies in [0, 1]: **higher = more likely mislabeled**. `final_label` is empty for "
-           "excluded images. `is_label_issue` is 1 when the label is wrong: the run's flag until "
-           "someone reviewed the image, then the reviewer's answer.")
+           "excluded images. `is_label_issue` is 1 when the label is wrong: 1 for a suspect (suspicion ≥ the "
+           "cut-off above) until someone reviewed the image, then the reviewer's answer.")
 try:
     tmp = exports_dir / ".download_corrected.csv"
     ex.write_corrected_csv(run.dir, tmp)
@@ -63,7 +67,7 @@ c1.download_button("Download corrected_labels.csv", csv_bytes, file_name=f"corre
                    mime="text/csv", type="primary", key="dl_corrected", on_click=_write_corrected)
 c2.caption(f"Also written to `{exports_dir / 'corrected_labels.csv'}` when you download, or with "
            "**Write every export to disk** below.")
-show_changed = st.toggle("Show only changed or flagged rows", value=True, key="ex_changed")
+show_changed = st.toggle("Show only changed rows and suspects", value=True, key="ex_changed")
 view = corrected[(corrected["decision"] != "unreviewed") | (corrected["is_label_issue"] == 1)] if show_changed \
     else corrected
 st.dataframe(view, hide_index=True, width="stretch", height=260)
@@ -106,11 +110,11 @@ try:
 except Exception as e:  # noqa: BLE001
     c1.caption(f"Manifest not available: {e}")
 try:
-    tasks = ex.label_studio_tasks(run.dir)
-    c2.download_button(f"Download Label Studio tasks ({len(tasks)} flagged images)",
+    tasks = ex.label_studio_tasks(run.dir, rule=rule)
+    c2.download_button(f"Download Label Studio tasks ({len(tasks)} suspects)",
                        json.dumps(tasks, ensure_ascii=False, indent=2).encode("utf-8"),
                        file_name=f"label_studio_tasks-{run.dir.name}.json", mime="application/json",
-                       key="dl_ls", help="Predictions with a `score` for each flagged image, most suspicious first.")
+                       key="dl_ls", help="Predictions with a `score` for each suspect, most suspicious first.")
     c2.download_button("Download Label Studio config (XML)", ex.label_studio_config(run.classes).encode("utf-8"),
                        file_name="label_studio_config.xml", mime="application/xml", key="dl_ls_cfg")
 except Exception as e:  # noqa: BLE001

@@ -8,6 +8,8 @@ import streamlit as st
 from pages import _shared as sh
 from pages import _state as keys
 from turn_core import views
+from turn_core.errors import InputError
+from turn_core.review import save_cutoff
 
 run, df = sh.page_preamble("Loss distributions", "This run has no samples.")
 
@@ -66,30 +68,48 @@ else:
 
 # ------------------------------------------------------------------ cut-off
 st.subheader("Suspicion cut-off")
-st.caption("Images with suspicion ≥ the cut-off are the suspects of the review queue. It starts where it "
-           "picks as many images as the run flagged (its own rule).")
-key = keys.cutoff(run.dir.name)
+st.caption("Images with suspicion ≥ the cut-off are the suspects: the Review queue, Export's `is_label_issue` "
+           "and the Label Studio tasks. It starts where it picks as many images as the run flagged (its own "
+           "rule); moved, it is saved with the run at once (`review.json`), so it survives a reload.")
+rule = sh.suspects(run, df)
 default = views.default_cutoff(df)
-current = sh.cutoff_for(run, df)
 wkey = keys.cutoff_widget(run.dir.name)
-if wkey not in st.session_state:
-    st.session_state[wkey] = float(round(current, 4))
+_MESSAGE = "_loss_msg"             # an error a cut-off callback left for the page to show
+shown = keys.cutoff(run.dir.name)   # the cut-off the slider was last set to from the run folder
+if st.session_state.get(shown) != rule.cutoff or wkey not in st.session_state:
+    # first visit, a reload, another tab moved it, or the final table replaced the provisional one
+    st.session_state[wkey] = float(round(rule.cutoff, 4))
+    st.session_state[shown] = rule.cutoff
+
+
+def _save(value: float | None) -> None:
+    try:
+        save_cutoff(run.dir, value, table=run.table)
+    except InputError as e:
+        st.session_state[_MESSAGE] = f"Cut-off not saved: {e}"
+        return
+    st.session_state[shown] = float(value if value is not None else default)
+    st.session_state[wkey] = float(round(st.session_state[shown], 4))
 
 
 def _store() -> None:
-    st.session_state[key] = float(st.session_state[wkey])
+    _save(float(st.session_state[wkey]))
 
 
 def _reset() -> None:
-    st.session_state[key] = float(default)
-    st.session_state[wkey] = float(round(default, 4))
+    _save(None)
 
 
+sh.flash(_MESSAGE, st.error)
 c1, c2 = st.columns([4, 1])
 c1.slider("Cut-off on the suspicion score", 0.0, 1.0, step=0.001, key=wkey, on_change=_store,
           format="%.3f")
 c2.button("Reset to the run's rule", on_click=_reset, key="cutoff_reset")
-stats = views.cutoff_stats(df, sh.cutoff_for(run, df))
+rule = sh.suspects(run, df)
+st.caption(f"Suspects now: {rule.describe()}."
+           + (" A cut-off set on the provisional scores is not carried over to the final ones."
+              if run.provisional else ""))
+stats = views.cutoff_stats(df, rule.cutoff)
 m = st.columns(4)
 m[0].metric("Suspects at this cut-off", f"{stats['n_suspects']:,}",
             delta=f"{stats['n_suspects'] - int(views.flagged_mask(df).sum()):+d} vs. flagged by the run")

@@ -51,7 +51,8 @@ if status.get("state") in ("failed", "interrupted", "incomplete", "cancelled") a
 
 df = sh.samples(run) if (run.dir / "samples.csv").exists() else None
 if df is None:
-    st.info("No results yet: samples.csv is written when training finishes.")
+    st.info("No results yet: the first suspects appear after linear probing, the final table when training "
+            "finishes.")
     st.stop()
 
 metrics = run.metrics

@@ -65,6 +65,10 @@ def render(run_dir: Path) -> str:
         c[4].metric("ETA (phase)", views.fmt_seconds(p["eta_s"]))
         if p["fraction"] is not None:
             st.progress(p["fraction"], text=f"{p['phase_name']}: {p['fraction']:.0%}")
+        if status.get("provisional"):
+            st.info("The first suspects are ready (provisional: pretrained features). Review them now; "
+                    "your decisions are kept when the final scores replace them.")
+            st.page_link("pages/review.py", label="Review the provisional suspects", icon=":material/fact_check:")
         if job:
             if st.button("Cancel run", key="cancel_run", type="secondary",
                          help="Stops within one batch; the run is kept as 'cancelled'."):

@@ -75,11 +75,15 @@ def test_export_corrected_labels_and_manifest(demo_run, env, tmp_path):
     with open(out / "samples.csv", newline="", encoding="utf-8") as f:
         samples = list(csv.DictReader(f))
     assert len(rows) == len(samples) == 150
+    from turn_core.review import suspect_rule
+
+    cutoff = suspect_rule(out).cutoff
     for row, s in zip(rows, samples):
         assert row["path"] == s["path"] and row["given_label"] == s["given_label"]
         assert row["suggested_label"] == s["suggested_label"]
         assert row["decision"] == "unreviewed" and row["final_label"] == s["given_label"]
-        assert row["is_label_issue"] == s["flagged"]
+        # unreviewed: a suspect (suspicion >= the saved cut-off, else the run's flag count)
+        assert row["is_label_issue"] == str(int(float(s["suspicion"]) >= cutoff))
         assert float(row["suspicion"]) == pytest.approx(float(s["suspicion"]))
 
     # the cleaned manifest reads back as a dataset with the same images
@@ -106,7 +110,10 @@ def test_export_formats_for_cleanlab_fiftyone_and_label_studio(demo_run, env, tm
     assert np.load(tmp_path / "cl" / "pred_probs.npy").shape[0] == 150
     assert json.loads((tmp_path / "fo" / "labels.json").read_text())["classes"] == [str(d) for d in range(10)]
     tasks = json.loads((tmp_path / "ls.json").read_text())
-    assert len(tasks) == int(flagged.sum())
+    from turn_core.review import suspect_rule
+    from turn_core.rundir import Run
+
+    assert len(tasks) == int((Run(out).samples()["suspicion"] >= suspect_rule(out).cutoff).sum())
     bad = cli(env, "export", out, "--format", "parquet", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "cleanlab" in bad.stderr
 

@@ -16,9 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fakerun import CLASSES, make_fake_run
 
-from turn_core import export
+from turn_core import export, views
 from turn_core.errors import InputError
-from turn_core.review import ReviewStore
+from turn_core.review import ReviewStore, save_cutoff, suspect_rule
+from turn_core.rundir import Run
 
 
 def _read_csv(path) -> list[dict]:
@@ -74,6 +75,7 @@ def test_corrected_csv_cell_by_cell(run, tmp_path):
                       "suspicion", "is_label_issue"]
     got = _read_csv(out)
     samples = _samples(run)
+    cutoff = suspect_rule(run).cutoff
     assert len(got) == len(samples) == 60
     for s, g in zip(samples, got):
         i = int(s["index"])
@@ -89,7 +91,7 @@ def test_corrected_csv_cell_by_cell(run, tmp_path):
         else:
             assert g["decision"] == "unreviewed"
             assert g["final_label"] == s["given_label"]
-            assert g["is_label_issue"] == s["flagged"]
+            assert g["is_label_issue"] == str(int(float(s["suspicion"]) >= cutoff))
     # the relabel-to-other row is an issue, the keep row is not
     by_decision = {g["decision"]: g for g in got}
     assert by_decision["keep"]["is_label_issue"] == "0"
@@ -283,14 +285,15 @@ def test_label_studio_json_structure(run, tmp_path):
     out = export.write_label_studio_json(run, tmp_path / "ls.json", image_url_prefix="/data/local-files/?d=pets/")
     tasks = json.loads(out.read_text(encoding="utf-8"))
     samples = _samples(run)
-    flagged = [s for s in samples if s["flagged"] == "1"]
-    assert len(tasks) == len(flagged) > 0
+    cutoff = suspect_rule(run).cutoff
+    suspects = [s for s in samples if float(s["suspicion"]) >= cutoff]
+    assert len(tasks) == len(suspects) > 0
     scores = [t["predictions"][0]["score"] for t in tasks]
     assert scores == sorted(scores, reverse=True)
     by_index = {int(s["index"]): s for s in samples}
     for t in tasks:
         s = by_index[t["data"]["index"]]
-        assert s["flagged"] == "1"
+        assert float(s["suspicion"]) >= cutoff
         assert t["data"]["image"] == "/data/local-files/?d=pets/" + s["path"]
         assert t["data"]["given_label"] == s["given_label"]
         (pred,) = t["predictions"]
@@ -298,7 +301,67 @@ def test_label_studio_json_structure(run, tmp_path):
         assert pred["score"] == pytest.approx(float(s["suspicion"]))
         assert pred["result"] == [{"from_name": "label", "to_name": "image", "type": "choices",
                                    "value": {"choices": [s["suggested_label"]]}}]
-    assert len(export.label_studio_tasks(run, only_flagged=False)) == 60
+    assert len(export.label_studio_tasks(run, only_suspects=False)) == 60
+
+
+# --------------------------------------------------------------------------- one suspect set
+def _unflag_the_top(run) -> None:
+    """Make the run's flags differ from its top suspects: the 3 most suspicious lose their flag,
+    3 unflagged ones gain it (the flag count stays, so the flag-count cut-off does not move)."""
+    order = sorted(_samples(run), key=lambda r: -float(r["suspicion"]))
+    top = {r["index"] for r in order[:3]}
+    low = {r["index"] for r in order[-3:]}
+    _rewrite_samples(run, lambda rows, h: ([dict(r, flagged="0" if r["index"] in top else
+                                                 "1" if r["index"] in low else r["flagged"]) for r in rows], h))
+
+
+def test_suspects_follow_suspicion_not_the_flag_column(run):
+    _unflag_the_top(run)
+    df = export.corrected_labels(run)
+    susp = df["suspicion"].to_numpy()
+    rule = suspect_rule(run)
+    assert rule.source == "flag count"
+    assert df["is_label_issue"].tolist() == [int(v >= rule.cutoff) for v in susp]
+    # the 3 most suspicious (unflagged now) are suspects; the 3 least (flagged now) are not
+    order = susp.argsort()
+    assert df["is_label_issue"].to_numpy()[order[-3:]].tolist() == [1, 1, 1]
+    assert df["is_label_issue"].to_numpy()[order[:3]].tolist() == [0, 0, 0]
+
+
+def test_export_uses_the_saved_cutoff_and_matches_the_review_queue(run):
+    _unflag_the_top(run)
+    save_cutoff(run, 0.8)
+    rule = suspect_rule(run)
+    assert (rule.source, rule.cutoff) == ("saved", 0.8)
+    s = ReviewStore(run)
+    first = int(_samples(run)[0]["index"])
+    s.record(first, "keep", _samples(run)[0]["given_label"], "ann")
+
+    df = export.corrected_labels(run)
+    frame = Run(run).samples()
+    queue = views.review_queue(frame, cutoff=rule.cutoff, decisions=s.latest())
+    tasks = export.label_studio_tasks(run)
+    assert [t["data"]["index"] for t in tasks] == queue["index"].tolist()   # same set, same order
+    assert 0 < len(tasks) < int((frame["suspicion"] >= 0.5).sum())
+    unreviewed = df["decision"] == "unreviewed"
+    in_queue = frame["index"].isin(queue["index"])
+    assert (df.loc[unreviewed, "is_label_issue"] == in_queue[unreviewed].astype(int)).all()
+    # back to the run's flag count
+    save_cutoff(run, None)
+    assert suspect_rule(run).source == "flag count"
+    assert len(export.label_studio_tasks(run)) == int(frame["flagged"].sum())
+
+
+def test_an_accept_keeps_the_label_it_accepted_when_the_table_changes(run):
+    row = _samples(run)[0]
+    accepted = row["suggested_label"]
+    ReviewStore(run).record(0, "accept", accepted, "ann")
+    other = next(c for c in CLASSES if c not in (accepted, row["given_label"]))
+    # the final table replaces the provisional one and suggests another class for image 0
+    _rewrite_samples(run, lambda rows, h: ([dict(r, suggested_label=other) if r["index"] == "0" else r
+                                            for r in rows], h))
+    got = export.corrected_labels(run).loc[0]
+    assert (got["decision"], got["final_label"], got["suggested_label"]) == ("accept", accepted, other)
 
 
 def test_label_studio_quotes_paths(tmp_path):

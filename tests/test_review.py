@@ -282,3 +282,33 @@ def test_accept_suggestions_all_or_none(tmp_path):
     assert {i: d.final_label for i, d in store.latest().items()} == {1: classes[0], 2: classes[1]}
     bad = accept_suggestions(store, [(3, classes[0]), (4, "not a class")])
     assert not bad.ok and 3 not in store.latest()
+
+
+def test_decisions_on_the_provisional_table_survive_the_final_one(tmp_path):
+    """The final samples.csv replaces the provisional one during a live review: decisions are
+    keyed by row, so they stay, and the store still validates against the new table."""
+    from turn_core.rundir import RunWriter
+
+    d = make_fake_run(tmp_path / "r", n=20, state="running")
+    w = RunWriter(d)
+    w.update_status(provisional=True)
+    s = ReviewStore(d)
+    s.record(3, "accept", CLASSES[1], "ann")
+    s.record(5, "exclude", None, "ann")
+    import csv
+
+    with open(d / "samples.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.reader(f))
+    col = table[0].index("suggested_label")
+    table[4][col] = CLASSES[2]                               # the final scores suggest another class
+    w.write_csv("samples.csv", table[0], table[1:])          # replaced whole (temp file + rename)
+    w.update_status(provisional=False)
+    w.set_status("finished")
+    w.close()
+    again = ReviewStore(d)
+    latest = again.latest()
+    assert (latest[3].decision, latest[3].final_label) == ("accept", CLASSES[1])
+    assert latest[5].decision == "exclude"
+    again.record(19, "keep", CLASSES[0], "bob")      # the new table still has 20 rows
+    with pytest.raises(InputError, match="out of range"):
+        again.record(20, "keep", CLASSES[0], "bob")

@@ -202,3 +202,46 @@ def test_delete_run_refuses_a_busy_run(tmp_path):
     with pytest.raises(InputError, match="training right now"):
         delete_run(root, "r1", busy=[None, str(root / "." / "r1")])
     assert d.is_dir()
+
+
+def test_update_status_keeps_state_and_clock(tmp_path):
+    w = RunWriter(tmp_path)
+    w.update_status(provisional=True)          # nothing to update yet: no file appears
+    assert not (tmp_path / "status.json").exists()
+    w.set_status("running", method="turn")
+    started = read_status(tmp_path)["started"]
+    time.sleep(0.01)
+    w.update_status(provisional=True)
+    st = read_status(tmp_path)
+    assert (st["state"], st["started"], st["provisional"]) == ("running", started, True)
+    assert Run(tmp_path).provisional and Run(tmp_path).table == "provisional"
+    w.close()
+
+
+def test_samples_table_then_its_provisional_flag(tmp_path, monkeypatch):
+    """The flag follows the table: a reader that sees "provisional" finds that table on disk,
+    and the final table (the default) clears the flag."""
+    w = RunWriter(tmp_path)
+    w.set_status("running", method="turn")
+    seen = []
+    real = w.update_status
+
+    def spy(**fields):
+        seen.append((fields, (tmp_path / "samples.csv").exists()))
+        real(**fields)
+
+    monkeypatch.setattr(w, "update_status", spy)
+    arrays = _write_samples(w, n_fft=0)
+    assert seen == [({"provisional": False}, True)]
+    w.write_samples(**{**arrays, "losses": arrays["losses"][:1]}, provisional=True)
+    assert seen[-1] == ({"provisional": True}, True) and Run(tmp_path).provisional
+    _write_samples(w)
+    assert read_status(tmp_path)["provisional"] is False and Run(tmp_path).table == "final"
+    w.close()
+
+
+def test_an_older_run_without_the_flag_holds_its_final_table(tmp_path):
+    w = RunWriter(tmp_path)
+    w.set_status("finished", method="turn")
+    w.close()
+    assert not Run(tmp_path).provisional and Run(tmp_path).table == "final"

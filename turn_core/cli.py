@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "results for cleanlab, FiftyOne or Label Studio")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--format", choices=EXPORT_FORMATS, default="csv",
-                   help="csv: corrected-labels CSV; label-studio: tasks JSON of the flagged images; cleanlab: "
+                   help="csv: corrected-labels CSV; label-studio: tasks JSON of the suspects (the saved cut-off); cleanlab: "
                         "pred_probs/labels/label_issues arrays (a folder); fiftyone: a "
                         "FiftyOneImageClassificationDataset folder (default: csv)")
     e.add_argument("--out", type=Path, required=True, help="file (csv, label-studio) or folder (cleanlab, fiftyone) "

@@ -13,8 +13,12 @@ Terms used below:
   descending, to review the most doubtful images first.
 * ``final_label``: what the image should be labelled after review (see ``corrected_labels``).
 * ``decision``: ``unreviewed`` or one of ``turn_core.review.DECISIONS``.
-* ``is_label_issue``: 0/1, the answer to "is this label wrong?": the run's flag (its own rule)
-  until a person reviewed the image, then the person's answer (see ``corrected_labels``).
+* *suspects*: the images whose suspicion is at or above the run's cut-off
+  (``turn_core.review.suspect_rule``): the cut-off the reviewer saved on Loss distributions
+  (``review.json``), or, when none is saved for the run's current table, the cut-off that picks
+  as many images as the run's flag rule flagged. The same set the Review page queues.
+* ``is_label_issue``: 0/1, the answer to "is this label wrong?": 1 for a suspect until a person
+  reviewed the image, then the person's answer (see ``corrected_labels``).
 
 Two kinds of CSV are written, on purpose differently:
 
@@ -34,7 +38,7 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from .errors import InputError
-from .review import ReviewStore
+from .review import ReviewStore, SuspectRule, suspect_rule
 from .rundir import Run, atomic_write_text, csv_text
 from .safety import spreadsheet_safe as _spreadsheet_safe
 
@@ -46,16 +50,20 @@ _NEEDED = ["path", "given_label", "suggested_label", "suspicion", "flagged"]
 
 
 # --------------------------------------------------------------------------- tables
-def corrected_labels(run_dir: str | Path | Run) -> pd.DataFrame:
+def corrected_labels(run_dir: str | Path | Run, rule: SuspectRule | None = None) -> pd.DataFrame:
     """One row per training image, in samples.csv order, with exactly ``CORRECTED_COLUMNS``.
 
-    * ``final_label``: unreviewed → the given label; ``accept`` → the suggested label;
-      ``relabel`` → the class the reviewer picked; ``keep`` → the given label;
-      ``exclude`` → empty string (the image should be dropped).
+    * ``final_label``: unreviewed → the given label; ``accept`` → the suggested label the
+      reviewer accepted (stored with the decision: a decision made on the provisional table
+      keeps its label when the final table suggests another); ``relabel`` → the class the
+      reviewer picked; ``keep`` → the given label; ``exclude`` → empty string (drop the image).
     * ``decision``: ``unreviewed`` or the effective review decision.
     * ``suspicion``: float in [0, 1], higher = more likely mislabeled (copied from the run).
-    * ``is_label_issue``: int 0/1. Unreviewed → the run's own flag; reviewed → 1 when the
-      reviewer's final label differs from the given one or the image was excluded, else 0.
+    * ``is_label_issue``: int 0/1. Unreviewed → 1 when the image is a suspect, i.e. its
+      suspicion is at or above the cut-off of ``rule`` (default: ``review.suspect_rule`` —
+      the cut-off saved on Loss distributions, else the one that picks as many images as the
+      run's flag rule flagged); reviewed → 1 when the reviewer's final label differs from the
+      given one or the image was excluded, else 0.
 
     Raises ``InputError`` when the run has no samples.csv yet.
     """
@@ -65,16 +73,17 @@ def corrected_labels(run_dir: str | Path | Run) -> pd.DataFrame:
     index = s["index"].astype(int).tolist() if "index" in s.columns else list(range(len(s)))
     given = s["given_label"].astype(str).tolist()
     suggested = s["suggested_label"].astype(str).tolist()
-    flagged = pd.to_numeric(s["flagged"], errors="coerce").fillna(0).astype(int).tolist()
+    num = _numeric(s)
+    suspect = (rule or suspect_rule(run, num)).mask(num).tolist()
 
     final, decision, issue = [], [], []
-    for i, g, sug, f in zip(index, given, suggested, flagged):
+    for i, g, sug, f in zip(index, given, suggested, suspect):
         d = decisions.get(i)
         if d is None:
             final.append(g), decision.append(UNREVIEWED), issue.append(int(bool(f)))
             continue
         if d.decision == "accept":
-            label = sug
+            label = d.final_label or sug   # older rows may lack it: the suggestion then
         elif d.decision == "relabel":
             label = d.final_label or ""
         elif d.decision == "keep":
@@ -165,8 +174,9 @@ def review_outcome(run_dir: str | Path | Run) -> dict | None:
 
 
 def label_studio_tasks(run_dir: str | Path | Run, image_url_prefix: str = "/data/local-files/?d=",
-                       only_flagged: bool = True) -> list[dict]:
-    """Label Studio import tasks, most suspicious first.
+                       only_suspects: bool = True, rule: SuspectRule | None = None) -> list[dict]:
+    """Label Studio import tasks, most suspicious first: the suspects (the images at or above
+    the cut-off of ``rule``, default ``review.suspect_rule``: the Review page's queue).
 
     ``data.image`` = ``image_url_prefix`` + the sample's path (URL-quoted, ``/`` kept). With
     Label Studio's local-file serving the prefix must include the dataset folder relative to
@@ -174,12 +184,12 @@ def label_studio_tasks(run_dir: str | Path | Run, image_url_prefix: str = "/data
     also carries ``path``, ``index``, ``given_label``, ``suggested_label``, ``suspicion``.
     Each task has one prediction (model_version ``turn-audit``, score = suspicion) choosing
     the suggested label, matching ``label_studio_config`` (``label`` → ``image``).
-    ``only_flagged=False`` exports every image instead of the flagged ones.
+    ``only_suspects=False`` exports every image instead of the suspects.
     """
     run = _run(run_dir)
     s = _samples(run)
-    flagged = pd.to_numeric(s["flagged"], errors="coerce").fillna(0).astype(bool)
-    rows = s[flagged] if only_flagged else s
+    num = _numeric(s)
+    rows = s[(rule or suspect_rule(run, num)).mask(num)] if only_suspects else s
     suspicion = pd.to_numeric(rows["suspicion"], errors="coerce").fillna(0.0)
     order = suspicion.sort_values(ascending=False, kind="mergesort").index  # stable on ties
     has_index = "index" in rows.columns
@@ -265,9 +275,9 @@ def clean_manifest_csv(run_dir: str | Path | Run) -> str:
 
 def write_label_studio_json(run_dir: str | Path | Run, out_path: str | Path,
                             image_url_prefix: str = "/data/local-files/?d=",
-                            only_flagged: bool = True) -> Path:
+                            only_suspects: bool = True) -> Path:
     """Write ``label_studio_tasks`` as a JSON list (atomically, UTF-8)."""
-    tasks = label_studio_tasks(run_dir, image_url_prefix, only_flagged)
+    tasks = label_studio_tasks(run_dir, image_url_prefix, only_suspects)
     return _atomic_text(out_path, json.dumps(tasks, ensure_ascii=False, indent=2) + "\n", "Label Studio tasks")
 
 
@@ -334,6 +344,13 @@ def _samples(run: Run) -> pd.DataFrame:
     if missing:
         raise InputError(f"{run.dir / 'samples.csv'} lacks column(s) {', '.join(missing)}")
     return s
+
+
+def _numeric(s: pd.DataFrame) -> pd.DataFrame:
+    """``s`` with ``suspicion`` as floats and ``flagged`` as 0/1 ints (an unreadable cell counts
+    as 0: never a suspect, not flagged)."""
+    return s.assign(suspicion=pd.to_numeric(s["suspicion"], errors="coerce").fillna(0.0),
+                    flagged=pd.to_numeric(s["flagged"], errors="coerce").fillna(0).astype(int))
 
 
 def _truth(run: Run) -> list[str] | None:

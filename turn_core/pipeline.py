@@ -11,6 +11,8 @@ at any phase with a state that holds what that phase needs. Phases and what they
                  thumbs.npy, skipped.csv, the full config.json
   4. features  — pretrained features of every training image (frozen θ: computed once)
   5. lp        — Phase I: linear head with GCE (TURN, GCE-LP) or CE (CE-LP, CE-FFT) on cached features
+  5b. provisional — (TURN, CE-FFT) the pretrained view's ensemble (out-of-fold GCE probe + k-NN
+                 vote): a provisional samples.csv to review while FFT runs; status "provisional"
   6. fft       — Phase II (TURN): per epoch, loss pass → GMM → τ → class-balanced clean set →
                  one epoch of full fine-tuning with CE. CE-FFT: the same epochs on all samples.
   7. score     — final GMM, out-of-fold probabilities, suspicion, flags, suggestions (scores.py),
@@ -178,6 +180,7 @@ class RunState:
     clean_prob: np.ndarray | None = None
     probs: np.ndarray | None = None
     cv_probs: list = field(default_factory=list)
+    cv_pre: np.ndarray | None = None           # (N, K) out-of-fold probe on feats_pre (provisional → score)
     ensemble_probs: np.ndarray | None = None   # (N, K): what the suspicion and suggestions come from
     knn_agreement: np.ndarray | None = None
     result: dict = field(default_factory=dict)
@@ -527,6 +530,54 @@ def phase_lp(state: RunState) -> None:
         state.emit({"phase": "lp", "kind": "info", "test_accuracy": state.lp_test_accuracy})
 
 
+def phase_provisional(state: RunState) -> None:
+    """After Phase I (TURN, CE-FFT): the provisional samples.csv, so review starts during FFT.
+
+    The pretrained view's ensemble alone (its out-of-fold GCE probe + k-NN vote; no final model
+    yet), flagged by the run's score and flag rule, with Phase I's head as the model and the GMM
+    on Phase I's losses. Sets cv_pre, which the score phase reuses (the final ensemble needs the
+    same probe). Written whole, then status.json says "provisional": true. The global torch
+    generator is left as it was (the probes' heads draw from it), so FFT sees the same random
+    numbers as without this phase and the same seeds still give the same results.
+    """
+    import torch
+
+    from .scores import build_signals, margin, score_and_flag
+    from .selection import clean_posterior
+    from .train import cross_val_linear_probs, softmax
+
+    config, labels = state.config, state.labels
+    if config.method not in ("turn", "ce-fft") or config.fft_epochs <= 0 or not state.world.main:
+        return  # the final table follows at once (or another rank writes it): nothing to do here
+    t0 = time.time()
+    state.emit({"phase": "provisional", "kind": "start"})
+    with torch.random.fork_rng(devices=[]):
+        state.cv_pre = cross_val_linear_probs(state.feats_pre, labels, state.k, q=config.gce_q,
+                                              epochs=config.lp_epochs, lr=config.lp_lr,
+                                              batch_size=config.batch_size, min_steps_per_epoch=config.lp_min_steps,
+                                              seed=config.seed, cancel=state.cancel, device=state.rt.device)
+    clean_prob, _ = clean_posterior(state.losses[0], labels, state.k, per_class=config.gmm_per_class,
+                                    seed=config.seed)
+    probs = softmax(state.logits)
+    sig = build_signals(labels, probs, clean_prob, np.stack(state.losses[:1]), [state.feats_pre], [state.cv_pre],
+                        knn_k=config.knn_k, tau=config.tau)
+    result = score_and_flag(sig, config.score, config.flag_rule)
+    suspicion = np.round(result["suspicion"], 6)
+    state.writer.write_samples(
+        paths=state.train.paths, classes=state.classes, given=labels, predicted=probs.argmax(axis=1),
+        suggested=result["suggested"], suspicion=suspicion, clean_prob=clean_prob, flagged=result["flagged"],
+        confidence=result["confidence"], margin=margin(probs, labels),
+        knn_agreement=sig.knn_probs[np.arange(len(labels)), labels], losses=np.stack(state.losses[:1]),
+        true=state.true_labels, provisional=True)
+    info = {"phase": "provisional", "kind": "info", "n_flagged": int(result["flagged"].sum())}
+    if state.true_labels is not None:
+        from .metrics import detection_metrics
+
+        info["detection"] = detection_metrics(state.true_labels != labels, result["flagged"], suspicion)
+    state.emit(info)
+    _timed(state, "provisional", t0)
+
+
 def _test_truth(state: RunState) -> np.ndarray:
     test = state.test
     return test.true_labels if test.true_labels is not None else test.labels
@@ -626,10 +677,11 @@ def phase_score(state: RunState) -> None:
     # Out-of-fold probabilities of Phase I's GCE linear probe, on the pretrained features and on
     # the fine-tuned ones: no model that saw a sample's own label scores it, so nothing memorised.
     views = [state.feats_pre] if state.feats_post is state.feats_pre else [state.feats_pre, state.feats_post]
-    state.cv_probs = [cross_val_linear_probs(f, labels, state.k, q=config.gce_q, epochs=config.lp_epochs,
+    state.cv_probs = [state.cv_pre if i == 0 and state.cv_pre is not None else  # provisional computed it
+                      cross_val_linear_probs(f, labels, state.k, q=config.gce_q, epochs=config.lp_epochs,
                                              lr=config.lp_lr, batch_size=config.batch_size,
                                              min_steps_per_epoch=config.lp_min_steps, seed=config.seed,
-                                             cancel=state.cancel, device=state.rt.device) for f in views]
+                                             cancel=state.cancel, device=state.rt.device) for i, f in enumerate(views)]
     sig = build_signals(labels, state.probs, state.clean_prob, np.stack(state.losses), views, state.cv_probs,
                         knn_k=config.knn_k, tau=config.tau)
     names = ["pretrained", "fine-tuned"]
@@ -695,7 +747,8 @@ def phase_write(state: RunState) -> None:
 # The run, in order: (name, function of the state). ``run_phases`` walks it.
 PHASES: tuple[tuple[str, Callable[[RunState], None]], ...] = (
     ("data", phase_data), ("backbone", phase_backbone), ("cache", phase_cache), ("features", phase_features),
-    ("lp", phase_lp), ("fft", phase_fft), ("score", phase_score), ("write", phase_write))
+    ("lp", phase_lp), ("provisional", phase_provisional), ("fft", phase_fft), ("score", phase_score),
+    ("write", phase_write))
 
 
 def _gmm_summary(fit) -> dict:

@@ -22,9 +22,20 @@ the writer), every write
 is one short ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so a
 read-then-write such as undo cannot interleave with another writer), and ``busy_timeout``
 makes a second writer wait instead of failing. No update is lost.
+
+Decisions are keyed by the sample's row in samples.csv, which the provisional table (written
+after Phase I) and the final one share, so decisions made while a run trains stay valid when
+the final table replaces the provisional one; an ``accept`` keeps the label it accepted.
+
+The suspects: the images whose suspicion is at or above the run's cut-off (``suspect_rule``).
+The cut-off a reviewer sets is saved in ``RUN_DIR/review.json`` the moment it changes
+(``save_cutoff``), with the table it was set on; without one for the current table, the
+cut-off is the one that picks as many images as the run flagged. Review, Export and the Label
+Studio tasks all read it from here, so they show one suspect set.
 """
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -34,12 +45,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import InputError
-from .rundir import Run
+from .rundir import Run, atomic_write_json, read_json
+from .views.cutoff import default_cutoff
 
 DECISIONS = ("accept", "relabel", "keep", "exclude")
 UNDO = "undo"                    # decision name of an undo row (not a decision a person makes)
 DB_NAME = "review.sqlite"
+SETTINGS_NAME = "review.json"    # the reviewer's settings of a run (the suspect cut-off)
+TABLES = ("provisional", "final")  # which samples table a cut-off was set on (``Run.table``)
 SCHEMA_VERSION = 2
 # How long a writer waits for another one's transaction before giving up. Transactions are a
 # few milliseconds, so this only matters on a very slow disk.
@@ -421,6 +437,81 @@ def accept_suggestions(store: ReviewStore, items: Iterable[tuple[int, str]], rev
     return Recorded(True, f"Accepted {len(rows)} suggestions")
 
 
+# --------------------------------------------------------------------------- the suspects
+@dataclass(frozen=True)
+class SuspectRule:
+    """Which images are a run's suspects now: those with ``suspicion >= cutoff``.
+
+    ``source``: "saved" (the reviewer's cut-off from review.json) or "flag count" (none saved
+    for this table: the cut-off that picks as many images as the run's flag rule flagged);
+    ``table``: the samples table it applies to ("provisional" or "final")."""
+
+    cutoff: float
+    source: str
+    table: str
+
+    def describe(self) -> str:
+        """One line for people (pages, export notes)."""
+        why = ("the cut-off saved on Loss distributions" if self.source == "saved"
+               else "as many images as the run's flag rule flagged")
+        return f"suspicion ≥ {self.cutoff:.3f} ({why}; {self.table} scores)"
+
+    def mask(self, df) -> np.ndarray:
+        """(N,) bool over the samples table ``df``: True for the suspects."""
+        return df["suspicion"].to_numpy(float) >= self.cutoff
+
+
+def save_cutoff(run_dir: str | Path, value: float | None, *, table: str = "final") -> Path:
+    """Save the suspect cut-off of a run now (review.json, written whole and renamed).
+
+    ``value``: a number in [0, 1], or None to go back to the run's flag count; ``table``: the
+    samples table it was set on (``Run.table``; a cut-off on the provisional scores does not
+    carry over to the final ones, whose scale differs). Other keys of review.json are kept.
+    Raises ``InputError`` for a value outside [0, 1], an unknown table or a missing run folder."""
+    run = Run(run_dir)
+    if table not in TABLES:
+        raise InputError(f"table {table!r} is not one of {', '.join(TABLES)}")
+    if value is not None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"cut-off {value!r} is not a number") from None
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise InputError(f"cut-off {value!r} is not in [0, 1]")
+    current = read_json(run.dir / SETTINGS_NAME)
+    settings = current if isinstance(current, dict) else {}
+    settings["cutoff"] = None if value is None else {"value": value, "table": table, "saved_at": time.time()}
+    try:
+        return atomic_write_json(run.dir / SETTINGS_NAME, settings)
+    except OSError as e:
+        raise InputError(f"cannot save the cut-off to {run.dir / SETTINGS_NAME}: {e}") from None
+
+
+def saved_cutoff(run_dir: str | Path, table: str = "final") -> float | None:
+    """The cut-off saved for ``table``; None when none is (or review.json is unreadable, or it
+    was set on the other table)."""
+    settings = read_json(Path(run_dir) / SETTINGS_NAME)
+    saved = settings.get("cutoff") if isinstance(settings, dict) else None
+    if not isinstance(saved, dict) or saved.get("table", "final") != table:
+        return None
+    value = saved.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        return None
+    return float(value)
+
+
+def suspect_rule(run_dir: str | Path | Run, df=None) -> SuspectRule:
+    """The run's suspect rule now: the cut-off saved for its current table, else the one that
+    picks as many images as the run flagged (``views.default_cutoff``). ``df``: the samples
+    table (read from the run when None)."""
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    table = run.table
+    value = saved_cutoff(run.dir, table)
+    if value is not None:
+        return SuspectRule(value, "saved", table)
+    return SuspectRule(default_cutoff(run.samples() if df is None else df), "flag count", table)
+
+
 def schema_version(run_dir: str | Path) -> int | None:
     """The schema version of a run's review.sqlite (None: no file, 1: file before versioning)."""
     path = Path(run_dir) / DB_NAME
@@ -433,5 +524,6 @@ def schema_version(run_dir: str | Path) -> int | None:
         con.close()
 
 
-__all__ = ["DECISIONS", "SCHEMA_VERSION", "UNDO", "Decision", "Recorded", "ReviewStore", "accept_suggestions",
-           "final_label", "record_decision", "schema_version"]
+__all__ = ["DECISIONS", "SCHEMA_VERSION", "SETTINGS_NAME", "TABLES", "UNDO", "Decision", "Recorded", "ReviewStore",
+           "SuspectRule", "accept_suggestions", "final_label", "record_decision", "save_cutoff", "saved_cutoff",
+           "schema_version", "suspect_rule"]

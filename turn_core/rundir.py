@@ -6,11 +6,16 @@ Layout (every file optional until the run reaches the step that writes it)::
       config.json          {"format": 1, "settings": RunConfig, "classes": [...],
                             "versions": {...}, "dataset": {"fingerprint", "n_train", ...}}
       status.json          {"state": running|finished|failed|cancelled|interrupted,
-                            "pid", "host", "started", "ended", "error", "method", "format"}
+                            "pid", "host", "started", "ended", "error", "method", "format",
+                            "provisional": true while samples.csv is the provisional table}
       events.jsonl         one JSON object a line: {"t", "phase", "kind", ...} (see EVENT KINDS)
       samples.csv          one row per training image (see SAMPLE_COLUMNS; OPTIONAL_COLUMNS
                            true_label, is_noisy when the true labels are known; runs before
-                           the rename wrote clean_label, which ``Run.samples`` reads as true_label)
+                           the rename wrote clean_label, which ``Run.samples`` reads as true_label).
+                           A TURN / CE-FFT run first writes a *provisional* table after Phase I
+                           (pretrained features only), then status.json "provisional": true; the
+                           final table replaces it whole (same rows, same order) at the end and
+                           sets "provisional": false
       metrics.json         test accuracy; flag precision/recall/F1/AUROC when the true labels are known
       gmm.json             [{"epoch", "means", "variances", "weights", "clean_component", "tau"}]
       features_pre.npy     float16 (N, D): pretrained features of the training images
@@ -22,7 +27,9 @@ Layout (every file optional until the run reaches the step that writes it)::
       model.safetensors    final weights
       skipped.csv          path,reason — files that could not be used
       run.log              tracebacks and warnings
-      review.sqlite        review decisions (turn_core.review)
+      review.sqlite        review decisions (turn_core.review), keyed by samples.csv row
+      review.json          the reviewer's settings, e.g. {"cutoff": {"value", "table", "saved_at"}}:
+                           the suspect cut-off and the table (provisional / final) it was set on
       projections/         cached 2-D embeddings (turn_core.projections)
       exports/             what the export step wrote
 
@@ -142,11 +149,15 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _read_json(path: Path) -> Any | None:
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``; None when it is missing or unreadable (readers never raise)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+_read_json = read_json
 
 
 # --------------------------------------------------------------------------- writing a run
@@ -162,7 +173,7 @@ class RunWriter:
     # nothing stale (events, features, review decisions of other samples) mixes in.
     RUN_FILES = ("events.jsonl", "samples.csv", "metrics.json", "gmm.json", "features_pre.npy",
                  "features_post.npy", "probs.npy", "cv_probs.npy", "ensemble_probs.npy", "thumbs.npy",
-                 "model.safetensors", "skipped.csv", "run.log", "config.json")
+                 "model.safetensors", "skipped.csv", "run.log", "config.json", "review.json")
 
     def reset(self) -> None:
         """Start the folder afresh for a new run (the caller checked no live run owns it).
@@ -191,6 +202,15 @@ class RunWriter:
             cur["ended"] = now()
         atomic_write_json(self.dir / "status.json", cur)
 
+    def update_status(self, **fields: Any) -> None:
+        """Set ``fields`` in status.json, keeping its state and times (``set_status`` would
+        restart the clock of a running run). Does nothing when there is no status.json yet."""
+        cur = _read_json(self.dir / "status.json")
+        if not isinstance(cur, dict):
+            return
+        cur.update(fields)
+        atomic_write_json(self.dir / "status.json", cur)
+
     def event(self, phase: str, kind: str, **fields: Any) -> dict:
         ev = {"t": now(), "phase": phase, "kind": kind, **fields}
         self._events.write(json.dumps(ev, default=_json_default) + "\n")
@@ -214,7 +234,7 @@ class RunWriter:
                       predicted: np.ndarray, suggested: np.ndarray, suspicion: np.ndarray,
                       clean_prob: np.ndarray, flagged: np.ndarray, confidence: np.ndarray,
                       margin: np.ndarray, knn_agreement: np.ndarray, losses: np.ndarray,
-                      true: np.ndarray | None = None) -> Path:
+                      true: np.ndarray | None = None, provisional: bool = False) -> Path:
         """samples.csv: one row per training image, columns SAMPLE_COLUMNS + loss_fft_<e>.
 
         given / predicted / suggested / true: int class indices (N,) into ``classes``;
@@ -222,6 +242,9 @@ class RunWriter:
         0/1 (N,); losses: (1 + E, N) per-sample CE after LP, then after each FFT epoch e.
         ``true`` (the true labels, when known) adds the OPTIONAL_COLUMNS. Floats are written
         with 6 decimals (knn_agreement 4), the precision metrics.json is computed at.
+
+        The table is written whole (temporary file + rename), and only then does status.json
+        say ``"provisional": provisional``: a reader that sees the flag finds the table it names.
         """
         losses = np.asarray(losses)
         n_fft = len(losses) - 1
@@ -237,7 +260,9 @@ class RunWriter:
             if true is not None:
                 row += [classes[true[i]], int(true[i] != given[i])]
             rows.append(row)
-        return self.write_csv("samples.csv", header, rows)
+        path = self.write_csv("samples.csv", header, rows)
+        self.update_status(provisional=bool(provisional))
+        return path
 
     def write_metrics(self, metrics: dict) -> Path:
         """metrics.json (see the layout above)."""
@@ -399,6 +424,17 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return list(self.config.get("classes", []))
+
+    @property
+    def provisional(self) -> bool:
+        """True while samples.csv is the provisional table (pretrained features only, written
+        after Phase I); False for the final table and for runs from before provisional tables."""
+        return bool(self.status.get("provisional"))
+
+    @property
+    def table(self) -> str:
+        """Which samples table the run holds now: "provisional" or "final"."""
+        return "provisional" if self.provisional else "final"
 
     @property
     def metrics(self) -> dict:

@@ -10,7 +10,7 @@ from typing import Any
 PHASE_NAMES = {"cache": "decoding images", "features": "extracting features",
                "lp": "linear probing", "fft": "full fine-tuning", "fft-loss": "loss pass after FFT epoch",
                "test": "testing", "score": "scoring", "done": "done", "data": "loading data",
-               "backbone": "loading the model"}
+               "backbone": "loading the model", "provisional": "scoring the first suspects"}
 
 
 def _empty_summary(events: list[dict]) -> dict[str, Any]:
