@@ -297,8 +297,10 @@ def test_cancel_at_first_fft_step(cache, tmp_path):
     assert read_status(out)["state"] == "cancelled"
     events = _events(out)
     assert events[-1]["phase"] == "done" and events[-1].get("message") == "cancelled"
-    for name in ("samples.csv", "metrics.json", "model.safetensors", "gmm.json", "probs.npy"):
+    for name in ("metrics.json", "model.safetensors", "gmm.json", "probs.npy"):
         assert not (out / name).exists(), name
+    # the one table on disk is the provisional one, written before FFT, and it says so
+    assert (out / "samples.csv").exists() and st.get("provisional") is True
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]   # no temp files
 
 

@@ -40,6 +40,9 @@ def _state(tmp_path: Path, **settings) -> pipeline.RunState:
     writer.set_status("running", method=config.method)
     events: list[dict] = []
     state = pipeline.RunState(config, writer, events.append, rng=np.random.default_rng(0))
+    import torch
+
+    state.rt = train.make_runtime(torch.device("cpu"), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 32)   # the backbone phase's
     state.train = SimpleNamespace(paths=[f"img/{i}.png" for i in range(N)], classes=[f"c{k}" for k in range(K)],
                                   labels=labels, true_labels=truth)
     state.feats_pre = state.feats_post = feats
@@ -55,7 +58,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_writes_the_pretrained_ensemble_then_says_provisional(tmp_path):
-    state = _state(tmp_path)
+    state = _state(tmp_path, flag_rule="ensemble")
     started = read_status(tmp_path)["started"]
     pipeline.phase_provisional(state)
 
@@ -72,7 +75,7 @@ def test_writes_the_pretrained_ensemble_then_says_provisional(tmp_path):
     got = np.array([float(r["suspicion"]) for r in rows])
     assert np.allclose(got, expect, atol=2e-6)
     flagged = np.array([r["flagged"] == "1" for r in rows])
-    assert np.array_equal(flagged, ens.argmax(axis=1) != state.labels)   # the default "ensemble" rule
+    assert np.array_equal(flagged, ens.argmax(axis=1) != state.labels)   # the run's rule, "ensemble"
     assert not any(c.startswith("loss_fft_") for c in rows[0])           # no FFT epoch yet
     info = [e for e in state.events if e["phase"] == "provisional" and e["kind"] == "info"]
     assert info and info[0]["n_flagged"] == int(flagged.sum())
