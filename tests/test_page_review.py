@@ -108,3 +108,33 @@ def test_planted_duplicate_conflict_is_decided_as_a_pair(clean_env):
     a_, b_ = sorted((5, b))
     assert {a_, b_} <= set(dec) and dec[a_].final_label == dec[b_].final_label == lab[b_]
     assert any("1 of 1 duplicate conflicts decided" in m.value for m in at.markdown)
+
+
+def test_original_path_stays_inside_the_dataset_root_and_zoom_crops(tmp_path):
+    from turn_core.views import images as vi
+
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    ds = {"kind": "csv", "root": str(root)}
+    assert vi.original_path(ds, "img/a.png") == (root / "img" / "a.png").resolve()
+    assert vi.original_path(ds, "../secret.png") is None
+    assert vi.original_path({"kind": "hf", "root": str(root)}, "img/a.png") is None
+    img, note = vi.original_image(ds, "img/missing.png")
+    assert img is None and "file not found" in note
+    a = np.arange(100 * 80).reshape(100, 80)
+    z = vi.zoom(a, 2.0, centre=(1.0, 0.0))
+    assert z.shape == (50, 40) and z[0, -1] == a[0, -1]
+    assert vi.zoom(a, 1.0).shape == a.shape
+
+
+def test_original_image_is_exif_rotated_and_downscaled(tmp_path):
+    from PIL import Image
+
+    from turn_core.views import images as vi
+
+    im = Image.new("RGB", (300, 100), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    im.save(tmp_path / "r.jpg", exif=exif)
+    img, note = vi.original_image({"kind": "folder", "root": str(tmp_path)}, "r.jpg", max_side=150)
+    assert img.shape[:2] == (150, 50) and "original 100×300" in note

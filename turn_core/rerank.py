@@ -132,33 +132,33 @@ def trusted_vote(neighbours: np.ndarray, labels: np.ndarray, trusted: np.ndarray
 
 
 def refit_probe(x: np.ndarray, labels: np.ndarray, trusted: np.ndarray, n_classes: int,
-                folds: int = 2, weight: float = TRUSTED_WEIGHT, seed: int = 0) -> np.ndarray:
-    """Class probabilities (N, K) of a logistic regression on ``x`` (N, d) fitted to the
-    corrected ``labels`` (N,), trusted rows weighing ``weight``, excluded (UNKNOWN) rows left out.
+                folds: int = 2, weight: float = TRUSTED_WEIGHT, ridge: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Class probabilities (N, K) of a linear probe on ``x`` (N, d) fitted to the corrected
+    ``labels`` (N,), trusted rows weighing ``weight``, excluded (UNKNOWN) rows left out.
 
-    Cross-fitted: the untrusted rows are split into ``folds``; each fold is scored by a probe
-    fitted on the trusted rows and the other folds, so no image's score saw its own given label.
-    Trusted rows get the mean of the fold probes (their order no longer matters).
+    The probe is weighted ridge regression onto one-hot labels (closed form, milliseconds at
+    d = 64, so a re-ranking never waits on an iterative solver), its outputs clipped at 0 and
+    normalised. Cross-fitted: the untrusted rows are split into ``folds``; each fold is scored
+    by a probe fitted on the trusted rows and the other folds, so no image's score saw its own
+    given label. Trusted rows get the mean of the fold probes.
     """
-    from sklearn.linear_model import LogisticRegression
-
     n = len(labels)
+    xb = np.hstack([np.asarray(x, dtype=np.float64), np.ones((n, 1))])
     usable = labels != UNKNOWN
+    onehot = np.zeros((n, n_classes))
+    onehot[np.flatnonzero(usable), labels[usable]] = 1.0
+    w = np.where(trusted, weight, 1.0) * usable
     fold = np.random.default_rng(seed).integers(0, folds, n)
     fold[trusted] = -1
     out = np.zeros((n, n_classes))
     for f in range(folds):
-        fit = usable & (fold != f)
-        ys = labels[fit]
-        if len(np.unique(ys)) < 2:
-            return np.full((n, n_classes), 1.0 / n_classes)
-        clf = LogisticRegression(C=1.0, max_iter=200)
-        clf.fit(x[fit], ys, sample_weight=np.where(trusted[fit], weight, 1.0))
-        p = np.zeros((n, n_classes))
-        p[:, clf.classes_] = clf.predict_proba(x)
+        wf = w * (fold != f)
+        a = (xb * wf[:, None]).T @ xb + ridge * np.eye(xb.shape[1])
+        coef = np.linalg.solve(a, (xb * wf[:, None]).T @ onehot)
         score = (fold == f) | trusted
-        out[score] += p[score] / np.where(trusted[score], folds, 1)[:, None]
-    return out
+        out[score] += (xb[score] @ coef) / np.where(trusted[score], folds, 1)[:, None]
+    out = np.clip(out, 0.0, None) + 1e-3
+    return out / out.sum(axis=1, keepdims=True)
 
 
 def pair_calibration(suspicion: np.ndarray, labels: np.ndarray, suggested: np.ndarray,
