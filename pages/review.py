@@ -67,7 +67,7 @@ h2.metric("Errors left in the queue (estimate)", f"{left_est:.0f}",
 if not learnable:
     h3.caption("Learning queue: this run has no saved probabilities to re-rank from.")
 elif learned is None:
-    h3.caption(f"Learning queue: starts after {rerank.REFRESH_EVERY} decisions"
+    h3.caption(f"Learning queue: starts after {rerank.WARMUP} decisions"
                + (" · re-ranking…" if vq.busy(run.dir) else ""))
 else:
     h3.caption(f"Learning queue: re-ranked after {learned['n_decisions']} decisions "

@@ -9,6 +9,7 @@ import pytest
 from fakerun import make_fake_run
 from streamlit.testing.v1 import AppTest
 
+from turn_core import rerank
 from turn_core.review import ReviewStore
 from turn_core.rundir import Run, atomic_save_npy
 from turn_core.views import queue as vq
@@ -67,19 +68,19 @@ def test_focus_card_says_when_it_shows_the_thumbnail(clean_env):
 
 
 def test_learning_queue_reranks_in_the_background_and_switches_back(clean_env):
-    d = make_fake_run(clean_env / "fin", n=60)
+    d = make_fake_run(clean_env / "fin", n=150)
     add_probabilities(d)
     s = Run(d).samples()
     store = ReviewStore(d)
-    top = s.sort_values("suspicion", ascending=False)["index"].astype(int).tolist()[:30]
+    top = s.sort_values("suspicion", ascending=False)["index"].astype(int).tolist()[:rerank.WARMUP]
     store.record_many([(i, "keep", s.loc[i, "given_label"]) for i in top], reviewer="t")
     at = review_page("fin")
     assert "re-ranking" in captions(at) or not vq.busy(d, "learning")
     wait(d, "learning")
     learned = vq.read_learned(d)
-    assert learned is not None and learned["n_decisions"] == 30
+    assert learned is not None and learned["n_decisions"] == rerank.WARMUP
     at.run()
-    assert "re-ranked after 30 decisions" in captions(at)
+    assert f"re-ranked after {rerank.WARMUP} decisions" in captions(at)
     assert any("Hit rate" in m.label for m in at.metric)
     assert not at.radio(key="rv_order::fin").disabled
     q_learned = vq.review_queue(s, cutoff=0.0, learned=learned["suspicion"], status="unreviewed")

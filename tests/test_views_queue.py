@@ -73,9 +73,10 @@ def test_trusted_labels_and_changed_decisions():
     idx, lab = vq.trusted_labels(dec, ["cat", "dog"])
     assert idx.tolist() == [1, 4, 7] and lab.tolist() == [0, 1, rerank.UNKNOWN]
     assert vq.decisions_changed(dec, {1: "cat", 4: "cat", 7: "cat"}) == [False, True, True]
-    assert not vq.learning_due(None, 24, every=25) and vq.learning_due(None, 25, every=25)
-    assert not vq.learning_due({"n_decisions": 25}, 40, every=25)
-    assert vq.learning_due({"n_decisions": 25}, 50, every=25)
+    assert not vq.learning_due(None, 24, every=25, start=25) and vq.learning_due(None, 25, every=25, start=25)
+    assert not vq.learning_due({"n_decisions": 25}, 40, every=25, start=25)
+    assert vq.learning_due({"n_decisions": 25}, 50, every=25, start=25)
+    assert not vq.learning_due(None, 99, every=25, start=100)
 
 
 def test_learned_order_reorders_and_admits_risen_images(fake_df):
@@ -94,11 +95,12 @@ def test_learned_order_reorders_and_admits_risen_images(fake_df):
     assert list(q["learned"]) == sorted(q["learned"], reverse=True)
 
 
-def test_compute_learned_writes_a_file_the_page_reads_and_drops_when_stale(fake_run):
+def test_compute_learned_writes_a_file_the_page_reads_and_drops_when_stale(fake_run, monkeypatch):
     import os
 
     import numpy as np
 
+    from turn_core import rerank
     from turn_core.rundir import atomic_save_npy
     from turn_core.views import queue as vq
 
@@ -108,10 +110,11 @@ def test_compute_learned_writes_a_file_the_page_reads_and_drops_when_stale(fake_
     atomic_save_npy(fake_run.dir / "cv_probs.npy", p[None])
     atomic_save_npy(fake_run.dir / "probs.npy", p)
     assert vq.can_learn(fake_run.dir)
-    dec = {int(i): _decision(int(i), "keep", s.loc[i, "given_label"], float(i)) for i in range(10)}
+    dec = {int(i): _decision(int(i), "keep", s.loc[i, "given_label"], float(i)) for i in range(40)}
+    monkeypatch.setattr(rerank, "WARMUP", 40)
     out = vq.compute_learned(fake_run.dir, dec, fake_run.classes)
     got = vq.read_learned(fake_run.dir)
-    assert got["n_decisions"] == 10 and np.allclose(got["suspicion"], out["suspicion"])
+    assert got["n_decisions"] == 40 and np.allclose(got["suspicion"], out["suspicion"])
     assert not np.allclose(got["suspicion"], s["suspicion"].to_numpy())
     later = os.stat(fake_run.dir / vq.LEARNED_FILE).st_mtime + 5
     os.utime(fake_run.dir / "samples.csv", (later, later))  # a new table (e.g. final after provisional)

@@ -30,6 +30,8 @@ from .errors import InputError
 from .scores import knn_label_probs, normalise_rows, select_views
 
 REFRESH_EVERY = 25        # decisions between two re-rankings
+WARMUP = 100              # decisions before the first re-ranking: fewer moved the order more by chance
+                          # than by what they taught (bench/review_sim.py, random1: −6 errors at 100)
 TOP_N = 50_000            # at very large N only the first TOP_N unreviewed images are re-ranked
 TRUSTED_WEIGHT = 5.0      # a reviewed label counts this many given labels (vote and probe)
 PCA_DIMS = 64             # the refitted probe works on this many principal components per view
@@ -54,6 +56,9 @@ class RerankBase:
     reduced: list
     cv_probs: np.ndarray
     final_probs: np.ndarray | None
+    ensemble: np.ndarray | None = None   # (N, K) the run's ensemble_probs.npy (None: rebuilt)
+    votes0: list | None = None           # per view: the neighbour vote on the given labels (N, K)
+    probes0: list | None = None          # per view: the cross-fitted probe on the given labels (N, K)
 
     @property
     def n_classes(self) -> int:
@@ -73,12 +78,14 @@ def pca(features: np.ndarray, dims: int = PCA_DIMS, seed: int = 0) -> np.ndarray
 
 
 def prepare(labels: np.ndarray, features: list[np.ndarray], cv_probs: list[np.ndarray],
-            probs: np.ndarray, static: np.ndarray, knn_k: int = 10) -> RerankBase:
+            probs: np.ndarray, static: np.ndarray, knn_k: int = 10, ensemble: np.ndarray | None = None
+            ) -> RerankBase:
     """The run's arrays → a ``RerankBase``: the trusted views as the run chose them
     (``scores.select_views``), their neighbour graphs and PCAs.
 
     labels (N,) int; features: (N, D) per view (pretrained first); cv_probs: (N, K) per view;
-    probs (N, K) final model; static (N,) the run's suspicion in [0, 1].
+    probs (N, K) final model; static (N,) the run's suspicion in [0, 1]; ensemble (N, K) the
+    run's ensemble probabilities when saved (the learned ensemble starts from them).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(cv_probs) == 0 or len(features) < len(cv_probs):
@@ -86,10 +93,14 @@ def prepare(labels: np.ndarray, features: list[np.ndarray], cv_probs: list[np.nd
     keep = select_views(list(cv_probs), labels)
     k = cv_probs[0].shape[1]
     nbrs = [knn_label_probs(features[i], labels, k, knn_k)[1] for i in keep]
+    reduced = [pca(features[i]) for i in keep]
+    none = np.zeros(len(labels), dtype=bool)
     return RerankBase(labels=labels, static=np.asarray(static, dtype=np.float64), neighbours=nbrs,
-                      reduced=[pca(features[i]) for i in keep],
-                      cv_probs=np.mean([cv_probs[i] for i in keep], axis=0),
-                      final_probs=np.asarray(probs, dtype=np.float64) if any(i > 0 for i in keep) else None)
+                      reduced=reduced, cv_probs=np.mean([cv_probs[i] for i in keep], axis=0),
+                      final_probs=np.asarray(probs, dtype=np.float64) if any(i > 0 for i in keep) else None,
+                      ensemble=None if ensemble is None else np.asarray(ensemble, dtype=np.float64),
+                      votes0=[trusted_vote(nb, labels, none, k) for nb in nbrs],
+                      probes0=[refit_probe(x, labels, none, k) for x in reduced])
 
 
 def base_from_run(run) -> RerankBase:
@@ -107,8 +118,10 @@ def base_from_run(run) -> RerankBase:
         if not ok:
             raise InputError(f"{run.dir / name}: missing, so the queue cannot learn from decisions")
     cv = list(np.load(run.dir / "cv_probs.npy"))
+    ens = run.dir / "ensemble_probs.npy"
     return prepare(labels, feats[:len(cv)], cv[:len(feats)], np.load(run.dir / "probs.npy"),
-                   s["suspicion"].to_numpy(float), knn_k=run.settings.get("knn_k", 10))
+                   s["suspicion"].to_numpy(float), knn_k=run.settings.get("knn_k", 10),
+                   ensemble=np.load(ens) if ens.exists() else None)
 
 
 # ------------------------------------------------------------------------ ensemble members
@@ -198,7 +211,7 @@ def corrected_labels(base: RerankBase, reviewed: np.ndarray, true_labels: np.nda
     return labels, trusted
 
 
-def learned_probs(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+def rebuilt_probs(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
     """The ensemble (N, K) rebuilt with corrected labels: per trusted view the trusted neighbour
     vote and the refitted probe, plus the run's out-of-fold probe and final model unchanged."""
     k = base.n_classes
@@ -211,18 +224,49 @@ def learned_probs(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> 
     return np.mean(members, axis=0)
 
 
-def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
+def learned_probs(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """The run's ensemble (N, K) moved by what the decisions taught: per trusted view, the
+    change of the neighbour vote and of the cross-fitted probe when the given labels are
+    replaced by the reviewer's (trusted ones weighing more), each weighing what one member of
+    the run's ensemble weighs. Starting from the run's ensemble rather than rebuilding it keeps
+    its strongest members (the probe on the full features, the final model) and makes no
+    decision at all give back the run's own order."""
+    k = base.n_classes
+    n_views = len(base.neighbours)
+    members = 2 * n_views + (base.final_probs is not None)
+    start = base.ensemble
+    if start is None:
+        parts = [(base.cv_probs, n_views)] + [(v, 1) for v in base.votes0]
+        if base.final_probs is not None:
+            parts.append((base.final_probs, 1))
+        start = sum(p * w for p, w in parts) / members
+    delta = np.zeros_like(start)
+    for nb, x, v0, p0 in zip(base.neighbours, base.reduced, base.votes0, base.probes0):
+        delta += trusted_vote(nb, labels, trusted, k) - v0
+        delta += refit_probe(x, labels, trusted, k) - p0
+    return np.clip(start + delta / members, 0.0, 1.0)
+
+
+# How the decisions enter the ensemble, by name (bench/review_sim.py --learner compares them).
+LEARNERS = {"delta": learned_probs, "rebuild": rebuilt_probs}
+LEARNER = "delta"
+
+
+def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
+                      learner: str = LEARNER) -> np.ndarray:
     """New suspicion (N,) in [0, 1] of every image after the decisions so far.
 
     reviewed (M,) int indices; true_labels (M,) int, the class each one really has (UNKNOWN:
-    excluded). Reviewed images keep their static suspicion (they leave the queue anyway). With
-    no decision the result is the static suspicion, so the learning queue starts as the run's.
+    excluded). Reviewed images keep their static suspicion (they leave the queue anyway). Before
+    ``WARMUP`` decisions the result is the static suspicion: the learning queue starts as the run's.
     """
     reviewed = np.asarray(reviewed, dtype=np.int64)
-    if len(reviewed) == 0:
+    if len(reviewed) < WARMUP:
         return base.static.copy()
+    if learner not in LEARNERS:
+        raise InputError(f"learner {learner!r} is not one of {', '.join(LEARNERS)}")
     labels, trusted = corrected_labels(base, reviewed, true_labels)
-    p = learned_probs(base, labels, trusted)
+    p = LEARNERS[learner](base, labels, trusted)
     n = len(labels)
     given = base.labels
     score = 1.0 - p[np.arange(n), given]
@@ -234,7 +278,7 @@ def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.nd
 
 
 def learned_order(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
-                  order: np.ndarray | None = None, top_n: int = TOP_N) -> np.ndarray:
+                  order: np.ndarray | None = None, top_n: int = TOP_N, learner: str = LEARNER) -> np.ndarray:
     """The unreviewed images (int indices) in learned order, most suspect first.
 
     ``order``: the current queue order of all images (default: static suspicion); only its first
@@ -246,7 +290,7 @@ def learned_order(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarra
     done[np.asarray(reviewed, dtype=np.int64)] = True
     rest = np.asarray(order, dtype=np.int64)[~done[order]]
     head, tail = rest[:top_n], rest[top_n:]
-    s = learned_suspicion(base, reviewed, true_labels)
+    s = learned_suspicion(base, reviewed, true_labels, learner)
     head = head[np.argsort(-s[head], kind="stable")]
     return np.concatenate([head, tail])
 
@@ -280,6 +324,27 @@ def errors_left(suspicion: np.ndarray, unreviewed: np.ndarray, reviewed_suspicio
     return float(np.sum(np.asarray(suspicion)[np.asarray(unreviewed, dtype=np.int64)]) * scale)
 
 
-__all__ = ["HIT_WINDOW", "REFRESH_EVERY", "TOP_N", "UNKNOWN", "RerankBase", "base_from_run", "corrected_labels",
-           "errors_left", "hit_rate", "learned_order", "learned_probs", "learned_suspicion", "pair_calibration",
-           "pca", "prepare", "refit_probe", "static_order", "trusted_vote"]
+__all__ = [
+    "HIT_WINDOW",
+    "LEARNER",
+    "LEARNERS",
+    "REFRESH_EVERY",
+    "TOP_N",
+    "UNKNOWN",
+    "WARMUP",
+    "RerankBase",
+    "base_from_run",
+    "corrected_labels",
+    "errors_left",
+    "hit_rate",
+    "learned_order",
+    "learned_probs",
+    "learned_suspicion",
+    "pair_calibration",
+    "pca",
+    "prepare",
+    "rebuilt_probs",
+    "refit_probe",
+    "static_order",
+    "trusted_vote",
+]

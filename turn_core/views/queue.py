@@ -163,11 +163,13 @@ def read_learned(run_dir) -> dict | None:
         return None
 
 
-def learning_due(learned: dict | None, n_decisions: int, every: int = rerank.REFRESH_EVERY) -> bool:
-    """Whether a new re-ranking should start: ``every`` decisions since the last one (or any
-    decision at all, when there is none yet, once ``every`` are made)."""
-    done = learned["n_decisions"] if learned else 0
-    return n_decisions >= every and abs(n_decisions - done) >= every
+def learning_due(learned: dict | None, n_decisions: int, every: int = rerank.REFRESH_EVERY,
+                 start: int = rerank.WARMUP) -> bool:
+    """Whether a new re-ranking should start: ``start`` decisions made, and ``every`` since the
+    last re-ranking (or none made yet)."""
+    if n_decisions < start:
+        return False
+    return learned is None or abs(n_decisions - learned["n_decisions"]) >= every
 
 
 def _base(run_dir: Path):
