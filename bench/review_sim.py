@@ -89,6 +89,8 @@ def main(argv=None) -> dict:
     budgets = [int(b) for b in a.budget.split(",") if b]
     run = Run(a.run)
     s = run.samples()
+    if s is None or len(s) == 0:
+        raise InputError(f"{a.run / 'samples.csv'}: missing or empty (has the run finished?)")
     classes = run.classes
     given = s["given_label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     truth = read_truth(a.truth, s, classes)
