@@ -1,4 +1,6 @@
-"""The reviewer's queue: suspects ranked by suspicion, filtered, paged, and what comes next."""
+"""The reviewer's queue: suspects ranked by suspicion (or by the learning queue, re-ranked in a
+background thread from the decisions), filtered, paged, what comes next, and the near-duplicate
+conflicts decided as pairs."""
 from __future__ import annotations
 
 import io
