@@ -1,13 +1,19 @@
-"""Review: suspects ranked by suspicion; accept / relabel / keep / exclude, stored at once."""
+"""Review: suspects ranked by suspicion (or by the learning queue); accept / relabel / keep /
+exclude, stored at once; near-duplicate conflicts decided as pairs; the original image in focus."""
 from __future__ import annotations
+
+import sqlite3
 
 import streamlit as st
 
 from pages import _shared as sh
 from pages import _state as keys
-from turn_core import views
+from turn_core import rerank, views
+from turn_core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from turn_core.errors import InputError
 from turn_core.review import accept_suggestions, record_decision
+from turn_core.views import images as vi
+from turn_core.views import queue as vq
 
 run, df = sh.page_preamble("Review")
 store = sh.review_store(run)
@@ -18,13 +24,55 @@ cutoff = sh.cutoff_for(run, df)
 dec = sh.decisions(store)
 by_index = df.set_index("index", drop=False)
 
+# ------------------------------------------------------------------ the learning queue
+# Never on the decision path: the page reads the last re-ranking from the run dir and, when
+# rerank.REFRESH_EVERY decisions have come since, asks a thread for the next one.
+learnable = vq.can_learn(run.dir)
+learned = vq.read_learned(run.dir) if learnable else None
+if learned is not None and len(learned["suspicion"]) != len(df):
+    learned = None
+if learnable and vq.learning_due(learned, len(dec)):
+    vq.start_learning(run.dir, dec, classes)
+mode = st.radio("Review", ["suspects", "duplicate conflicts"], key=keys.review("mode", name), horizontal=True,
+                help="Duplicate conflicts: near-identical images with different given labels, decided as a pair.")
+order = st.radio("Order", ["learned", "original"], key=keys.review("order", name), horizontal=True,
+                 disabled=learned is None,
+                 help="Learned: re-ranked every few decisions from what you decided (reviewed labels are "
+                      "trusted in the neighbour vote and a refitted probe). Original: the run's suspicion.")
+use_learned = order == "learned" and learned is not None
+lsusp = learned["suspicion"] if use_learned else None
+
 # ------------------------------------------------------------------ filters
-full_queue = views.review_queue(df, cutoff=cutoff, decisions=dec)
+full_queue = views.review_queue(df, cutoff=cutoff, decisions=dec, learned=lsusp)
 n_rev = int((full_queue["decision"] != "").sum()) if len(full_queue) else 0
 st.markdown(f"### {n_rev} of {len(full_queue)} suspects reviewed")
 st.progress(n_rev / len(full_queue) if len(full_queue) else 1.0)
 st.caption(f"Queue: suspicion ≥ {cutoff:.3f} (move it on **Loss distributions**) · "
            f"{len(dec)} decisions stored in `review.sqlite` · reviewer **{sh.reviewer_name()}**")
+given_of = dict(zip(df["index"].astype(int), df["given_label"].astype(str)))
+changed = vq.decisions_changed(dec, given_of)
+rate = rerank.hit_rate(changed)
+susp_now = lsusp if lsusp is not None else df.set_index("index")["suspicion"].reindex(range(len(df))).to_numpy(float)
+rev_idx = [i for i in dec if 0 <= int(i) < len(df)]
+unrev = full_queue.loc[full_queue["decision"] == "", "index"].to_numpy(int)
+left_est = rerank.errors_left(susp_now, unrev, df.set_index("index")["suspicion"].reindex(rev_idx).to_numpy(float),
+                              [bool(given_of.get(int(i)) != getattr(dec[i], "final_label", None)) for i in rev_idx])
+h1, h2, h3 = st.columns(3)
+h1.metric(f"Hit rate (last {min(len(changed), rerank.HIT_WINDOW)})", "—" if rate is None else f"{rate:.0%}",
+          help="Share of your recent decisions that changed a label. When it falls low, the rest of the "
+               "queue holds few errors.")
+h2.metric("Errors left in the queue (estimate)", f"{left_est:.0f}",
+          help="Suspicion of the unreviewed suspects summed, scaled by how many of the reviewed ones "
+               "really were errors.")
+if not learnable:
+    h3.caption("Learning queue: this run has no saved probabilities to re-rank from.")
+elif learned is None:
+    h3.caption(f"Learning queue: starts after {rerank.WARMUP} decisions"
+               + (" · re-ranking…" if vq.busy(run.dir) else ""))
+else:
+    h3.caption(f"Learning queue: re-ranked after {learned['n_decisions']} decisions "
+               f"({learned['seconds']:.1f} s)" + (" · re-ranking…" if vq.busy(run.dir) else "")
+               + ("" if use_learned else " · showing the original order"))
 
 status_key = keys.review("status", name)
 f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
@@ -36,7 +84,7 @@ pair_pick = f2.selectbox("Given → suggested", ["All pairs"] + list(pair_map), 
 status = f3.radio("Show", ["unreviewed", "all", "reviewed"], key=status_key, horizontal=True)
 per_page = int(f4.selectbox("Per page", [12, 24, 48], key=keys.review("pp", name)))
 queue = views.review_queue(df, cutoff=cutoff, decisions=dec, classes=cls_filter or None,
-                           pair=pair_map.get(pair_pick), status=status)
+                           pair=pair_map.get(pair_pick), status=status, learned=lsusp)
 qidx = [int(i) for i in queue["index"]]
 
 cur_key = keys.review("cur", name)
@@ -94,8 +142,70 @@ def _accept_page(indices: list[int]) -> None:
                                sh.reviewer_name()))
 
 
+def _decide_pair(a: int, b: int, label_a: str, label_b: str, choice: str) -> None:
+    try:  # both decisions in one transaction: a pair is decided together or not at all
+        store.record_many(vq.conflict_decisions(a, b, label_a, label_b, choice), sh.reviewer_name())
+    except (InputError, OSError, sqlite3.Error) as e:
+        st.session_state[keys.REVIEW_ERROR] = f"Not stored: {e}"
+        return
+    st.session_state[keys.REVIEW_TOAST] = f"#{a} and #{b}: {choice}"
+
+
 sh.flash(keys.REVIEW_TOAST, st.toast)
 sh.flash(keys.REVIEW_ERROR, st.error)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _original_png(dataset: dict, path: str, zoom: float, stamp: float) -> tuple[bytes | None, str]:
+    img, note = vi.original_image(dataset, path)
+    if img is None:
+        return None, note
+    return views.png_bytes(vi.zoom(img, zoom), min_side=1), note
+
+
+def _conflicts() -> None:
+    """The near-duplicate conflicts: two images side by side, one decision for both."""
+    table = vq.read_duplicates(run.dir)
+    if table is None:
+        vq.start_duplicates(run.dir)
+        st.info("Looking for near-duplicates in the background; this view fills in on the next rerun.")
+        st.button("Refresh", key="rv_dup_refresh")
+        return
+    exact = table[table["kind"] == "exact"]
+    cq = vq.conflict_queue(table, dec, status="unreviewed")
+    total = len(vq.conflict_queue(table, status="all"))
+    st.markdown(f"### {total - len(cq)} of {total} duplicate conflicts decided")
+    st.caption(f"Pairs with cosine similarity ≥ {NEAR_DUPLICATE_SIMILARITY:.2f} on the pretrained features, or "
+               f"identical pixels, whose given labels differ · {len(exact)} more identical pairs share a label")
+    if len(cq) == 0:
+        st.success("No undecided duplicate conflict.")
+    else:
+        r = cq.iloc[0]
+        a, b, la, lb = int(r["a"]), int(r["b"]), str(r["label_a"]), str(r["label_b"])
+        c1, c2 = st.columns(2)
+        for col, i, lab in ((c1, a, la), (c2, b, lb)):
+            with col:
+                png = sh.thumb_png(run, i, min_side=256)
+                if png:
+                    st.image(png, width="stretch", caption=str(by_index.loc[i, "path"]))
+                st.markdown(f"**#{i}: {lab}**")
+        st.caption(f"Similarity {float(r['similarity']):.3f} · {r['kind']}")
+        d1, d2, d3, d4 = st.columns(4)
+        d1.button(f"Both are {la}", key="rv_pair_a", on_click=_decide_pair, args=(a, b, la, lb, "a"), width="stretch")
+        d2.button(f"Both are {lb}", key="rv_pair_b", on_click=_decide_pair, args=(a, b, la, lb, "b"), width="stretch")
+        d3.button("Keep both labels", key="rv_pair_keep", on_click=_decide_pair, args=(a, b, la, lb, "keep"),
+                  width="stretch")
+        d4.button("Exclude both", key="rv_pair_exclude", on_click=_decide_pair, args=(a, b, la, lb, "exclude"),
+                  width="stretch")
+    if len(exact):
+        with st.expander(f"Identical images with the same label ({len(exact)} pairs)"):
+            st.dataframe(exact, hide_index=True, width="stretch")
+
+
+if mode == "duplicate conflicts":
+    st.divider()
+    _conflicts()
+    st.stop()
 
 # ------------------------------------------------------------------ focus card
 st.divider()
@@ -110,9 +220,19 @@ else:
     d = dec.get(cur)
     left, mid, right = st.columns([2, 3, 3])
     with left:
-        png = sh.thumb_png(run, cur, min_side=256)
-        if png:
-            st.image(png, width="stretch", caption=str(row["path"]))
+        zoom = float(st.select_slider("Zoom", [1.0, 1.5, 2.0, 3.0, 4.0], key=keys.review("zoom", name),
+                                      format_func=lambda z: f"{z:g}×"))
+        dataset = run.config.get("dataset") or {}
+        src = vi.original_path(dataset, str(row["path"]))
+        full, note = _original_png(dataset, str(row["path"]), zoom, sh.file_stamp(src) if src else 0.0)
+        if full:
+            st.image(full, width="stretch")
+            st.caption(f"`{row['path']}` · {note}")
+        else:
+            png = sh.thumb_png(run, cur, min_side=256)
+            if png:
+                st.image(png, width="stretch")
+            st.caption(f"`{row['path']}` · thumbnail ({note})")
         pos = qidx.index(cur) + 1
         st.caption(f"Suspect {pos} of {len(qidx)} in this view · image #{cur}")
     with mid:

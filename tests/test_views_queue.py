@@ -55,3 +55,67 @@ def test_decision_name_of_every_form():
     d = Decision(index=1, decision="relabel", final_label="dog", reviewer="", created_at=0.0)
     assert [views.decision_name(x) for x in (d, {"decision": "keep"}, "exclude", None)] == [
         "relabel", "keep", "exclude", ""]
+
+
+# ------------------------------------------------------------------ the learning queue
+def _decision(i, decision, label, t):
+    from turn_core.review import Decision
+
+    return Decision(index=i, decision=decision, final_label=label, reviewer="", created_at=t, id=int(t))
+
+
+def test_trusted_labels_and_changed_decisions():
+    from turn_core import rerank
+    from turn_core.views import queue as vq
+
+    dec = {4: _decision(4, "relabel", "dog", 2.0), 1: _decision(1, "keep", "cat", 1.0),
+           7: _decision(7, "exclude", None, 3.0)}
+    idx, lab = vq.trusted_labels(dec, ["cat", "dog"])
+    assert idx.tolist() == [1, 4, 7] and lab.tolist() == [0, 1, rerank.UNKNOWN]
+    assert vq.decisions_changed(dec, {1: "cat", 4: "cat", 7: "cat"}) == [False, True, True]
+    assert not vq.learning_due(None, 24, every=25, start=25) and vq.learning_due(None, 25, every=25, start=25)
+    assert not vq.learning_due({"n_decisions": 25}, 40, every=25, start=25)
+    assert vq.learning_due({"n_decisions": 25}, 50, every=25, start=25)
+    assert not vq.learning_due(None, 99, every=25, start=100)
+
+
+def test_learned_order_reorders_and_admits_risen_images(fake_df):
+    import numpy as np
+
+    from turn_core.views import queue as vq
+
+    n = len(fake_df)
+    learned = np.zeros(n)
+    low = int(fake_df.loc[fake_df["suspicion"] < 0.2, "index"].iloc[0])
+    learned[low] = 0.99
+    q = vq.review_queue(fake_df, cutoff=0.5, learned=learned)
+    assert int(q["index"].iloc[0]) == low  # rose above the cut-off: it joins, first
+    static = vq.review_queue(fake_df, cutoff=0.5)
+    assert low not in set(static["index"]) and set(static["index"]) < set(q["index"])
+    assert list(q["learned"]) == sorted(q["learned"], reverse=True)
+
+
+def test_compute_learned_writes_a_file_the_page_reads_and_drops_when_stale(fake_run, monkeypatch):
+    import os
+
+    import numpy as np
+
+    from turn_core import rerank
+    from turn_core.rundir import atomic_save_npy
+    from turn_core.views import queue as vq
+
+    s = fake_run.samples()
+    k = len(fake_run.classes)
+    p = np.full((len(s), k), 1.0 / k, dtype=np.float32)
+    atomic_save_npy(fake_run.dir / "cv_probs.npy", p[None])
+    atomic_save_npy(fake_run.dir / "probs.npy", p)
+    assert vq.can_learn(fake_run.dir)
+    dec = {int(i): _decision(int(i), "keep", s.loc[i, "given_label"], float(i)) for i in range(40)}
+    monkeypatch.setattr(rerank, "WARMUP", 40)
+    out = vq.compute_learned(fake_run.dir, dec, fake_run.classes)
+    got = vq.read_learned(fake_run.dir)
+    assert got["n_decisions"] == 40 and np.allclose(got["suspicion"], out["suspicion"])
+    assert not np.allclose(got["suspicion"], s["suspicion"].to_numpy())
+    later = os.stat(fake_run.dir / vq.LEARNED_FILE).st_mtime + 5
+    os.utime(fake_run.dir / "samples.csv", (later, later))  # a new table (e.g. final after provisional)
+    assert vq.read_learned(fake_run.dir) is None

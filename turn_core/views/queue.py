@@ -1,9 +1,19 @@
-"""The reviewer's queue: suspects ranked by suspicion, filtered, paged, and what comes next."""
+"""The reviewer's queue: suspects ranked by suspicion (or by the learning queue, re-ranked in a
+background thread from the decisions), filtered, paged, what comes next, and the near-duplicate
+conflicts decided as pairs."""
 from __future__ import annotations
 
+import io
 import math
+import threading
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
+import numpy as np
+
+from .. import rerank
+from ..rundir import atomic_write_bytes
 from .samples import flagged_mask
 
 REVIEW_STATUSES = ("all", "unreviewed", "reviewed")
@@ -23,20 +33,29 @@ def decision_name(d) -> str:
 
 def review_queue(df, *, cutoff: float | None = None, decisions: dict | None = None,
                  classes: Iterable[str] | None = None, pair: tuple[str, str] | None = None,
-                 status: str = "all"):
+                 status: str = "all", learned=None):
     """Suspects ranked by suspicion (highest first, ties by index).
 
     ``cutoff``: suspects are the rows with ``suspicion >= cutoff``; None → the run's flagged
     rows. ``classes``: keep rows whose given or suggested label is one of them. ``pair``:
     (given, suggested). ``status``: one of REVIEW_STATUSES (``decisions``: index → decision
     object/dict/str). Adds a ``decision`` column ("" when not reviewed).
+    ``learned``: the learning queue's suspicion (N,) by sample index (``read_learned``), or
+    None for the original order. With it the queue is ranked by it, and an image whose learned
+    suspicion rose to the cut-off joins the suspects (column ``learned``).
     """
     import pandas as pd
 
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=list(df.columns if df is not None else []) + ["decision"])
     sel = (df["suspicion"].to_numpy(float) >= cutoff) if cutoff is not None else flagged_mask(df)
+    ls = None
+    if learned is not None and len(learned) == len(df):
+        ls = np.asarray(learned, dtype=float)[df["index"].to_numpy(int)]
+        if cutoff is not None:
+            sel = sel | (ls >= cutoff)
     q = df[sel].copy()
+    q["learned"] = ls[sel] if ls is not None else q["suspicion"].to_numpy(float)
     decisions = decisions or {}
     q["decision"] = [decision_name(decisions.get(int(i))) for i in q["index"]]
     if classes:
@@ -48,7 +67,8 @@ def review_queue(df, *, cutoff: float | None = None, decisions: dict | None = No
         q = q[q["decision"] == ""]
     elif status == "reviewed":
         q = q[q["decision"] != ""]
-    q = q.sort_values(["suspicion", "index"], ascending=[False, True], kind="mergesort")
+    q = q.sort_values(["learned" if ls is not None else "suspicion", "index"], ascending=[False, True],
+                      kind="mergesort")
     return q.reset_index(drop=True)
 
 
@@ -102,3 +122,206 @@ def step(queue_indices: list[int], current: int | None, delta: int) -> int | Non
         return None
     i = queue_indices.index(current) if current in queue_indices else 0
     return queue_indices[(i + delta) % len(queue_indices)]
+
+
+# ------------------------------------------------------------------ the learning queue
+# The Review page never waits for a re-ranking: it reads the last one from LEARNED_FILE in the
+# run directory and, when REFRESH_EVERY decisions have come since, asks a background thread
+# (``start_learning``) for the next. The thread never touches Streamlit.
+LEARNED_FILE = "queue_learned.npz"   # suspicion (N,) after n_decisions decisions (+ errors_left)
+DUPLICATES_FILE = "duplicates.csv"    # a, b, similarity, label_a, label_b, kind (see duplicates.py)
+_running: set[str] = set()            # run dirs with a re-ranking in flight (one at a time each)
+_bases: dict[str, tuple[float, object]] = {}  # run dir → (samples.csv mtime, RerankBase)
+_lock = threading.Lock()
+
+
+def trusted_labels(decisions: dict, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(indices (M,) int, labels (M,) int) the reviewer's decisions say: each decision's final
+    label as a class index, ``rerank.UNKNOWN`` for an excluded image or a label not in ``classes``."""
+    idx = {c: i for i, c in enumerate(classes)}
+    items = sorted((int(i), d) for i, d in (decisions or {}).items() if decision_name(d))
+    lab = [idx.get(getattr(d, "final_label", None) or "", rerank.UNKNOWN) for _, d in items]
+    return np.array([i for i, _ in items], dtype=np.int64), np.array(lab, dtype=np.int64)
+
+
+def decisions_changed(decisions: dict, given: dict[int, str]) -> list[bool]:
+    """Per decision, oldest first: did it change the image's label (relabel/accept to another
+    class, or exclude)? ``given``: index → given label."""
+    ds = sorted((d for d in (decisions or {}).values() if decision_name(d)), key=lambda d: (d.created_at, d.id))
+    return [d.decision == "exclude" or (d.final_label is not None and d.final_label != given.get(int(d.index)))
+            for d in ds]
+
+
+def read_learned(run_dir) -> dict | None:
+    """The last re-ranking of a run: {"suspicion": (N,), "n_decisions": int, "seconds": float};
+    None when there is none yet or the file is unreadable (a new one will be made)."""
+    p = Path(run_dir) / LEARNED_FILE
+    try:
+        if p.stat().st_mtime < (Path(run_dir) / "samples.csv").stat().st_mtime:
+            return None  # made from an earlier table (e.g. the provisional one): stale
+        with np.load(p) as z:
+            return {"suspicion": z["suspicion"], "n_decisions": int(z["n_decisions"]), "seconds": float(z["seconds"])}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def learning_due(learned: dict | None, n_decisions: int, every: int = rerank.REFRESH_EVERY,
+                 start: int = rerank.WARMUP) -> bool:
+    """Whether a new re-ranking should start: ``start`` decisions made, and ``every`` since the
+    last re-ranking (or none made yet)."""
+    if n_decisions < start:
+        return False
+    return learned is None or abs(n_decisions - learned["n_decisions"]) >= every
+
+
+def _base(run_dir: Path):
+    from ..rundir import Run
+
+    stamp = (run_dir / "samples.csv").stat().st_mtime
+    with _lock:
+        hit = _bases.get(str(run_dir))
+    if hit and hit[0] == stamp:
+        return hit[1]
+    base = rerank.base_from_run(Run(run_dir))
+    with _lock:
+        _bases[str(run_dir)] = (stamp, base)
+    return base
+
+
+def compute_learned(run_dir, decisions: dict, classes: list[str]) -> dict:
+    """Re-rank now (seconds; the thread's job): write LEARNED_FILE and return what
+    ``read_learned`` will. Raises ``InputError`` when the run lacks the arrays it needs."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    base = _base(run_dir)
+    idx, lab = trusted_labels(decisions, classes)
+    order = rerank.static_order(base.static)
+    s = rerank.learned_suspicion(base, idx, lab)
+    if len(order) > rerank.TOP_N:  # re-rank the head only: the tail keeps its static suspicion
+        s[order[rerank.TOP_N:]] = np.minimum(base.static[order[rerank.TOP_N:]], s[order[:rerank.TOP_N]].min())
+    out = {"suspicion": s.astype(np.float32), "n_decisions": len(idx), "seconds": time.time() - t0}
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    atomic_write_bytes(run_dir / LEARNED_FILE, buf.getvalue())
+    return out
+
+
+def _in_background(run_dir, job: str, fn) -> bool:
+    """Run ``fn()`` in a daemon thread unless ``job`` already runs for this run; True when
+    started. Errors go to the run's run.log: a thread has nobody to raise to."""
+    key = f"{job}:{Path(run_dir)}"
+    with _lock:
+        if key in _running:
+            return False
+        _running.add(key)
+
+    def work():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 (log whatever went wrong; the page shows the old result)
+            with open(Path(run_dir) / "run.log", "a", encoding="utf-8") as f:
+                f.write(f"{job}: {type(e).__name__}: {e}\n")
+        finally:
+            with _lock:
+                _running.discard(key)
+
+    threading.Thread(target=work, name=f"{job}-{Path(run_dir).name}", daemon=True).start()
+    return True
+
+
+def start_learning(run_dir, decisions: dict, classes: list[str]) -> bool:
+    """``compute_learned`` in a background thread unless one is already running for this run;
+    True when one was started."""
+    decisions, classes = dict(decisions), list(classes)
+    return _in_background(run_dir, "learning", lambda: compute_learned(run_dir, decisions, classes))
+
+
+def start_duplicates(run_dir) -> bool:
+    """``compute_duplicates`` in a background thread (once at a time per run)."""
+    return _in_background(run_dir, "duplicates", lambda: compute_duplicates(run_dir))
+
+
+def busy(run_dir, job: str = "learning") -> bool:
+    """Whether ``job`` ("learning" or "duplicates") is in flight for this run."""
+    with _lock:
+        return f"{job}:{Path(run_dir)}" in _running
+
+
+def can_learn(run_dir) -> bool:
+    """Whether the run holds the arrays a re-ranking needs (cv_probs, probs, features_pre)."""
+    d = Path(run_dir)
+    return all((d / f).exists() for f in ("cv_probs.npy", "probs.npy", "features_pre.npy", "samples.csv"))
+
+
+# ------------------------------------------------------------------ duplicates in the queue
+CONFLICT_CHOICES = ("a", "b", "keep", "exclude")   # both get a's label, both b's, each keeps its own, both out
+
+
+def compute_duplicates(run_dir, threshold: float | None = None):
+    """Near-duplicate pairs (pretrained features) and exact duplicates (thumbnail pixels) of a
+    run as ``duplicates.duplicate_table``; written to DUPLICATES_FILE and returned. An empty
+    table when the run has no features and no thumbnails."""
+    from .. import duplicates as dup
+    from ..rundir import Run
+
+    run = Run(run_dir)
+    s = run.samples()
+    names = run.classes or sorted(set(s["given_label"]))
+    labels = s["given_label"].map({c: i for i, c in enumerate(names)}).to_numpy()
+    feats = run.features("pre")
+    pairs, sims = (np.zeros((0, 2), dtype=np.int64), np.zeros(0))
+    if feats is not None and len(feats) == len(s):
+        pairs, sims = dup.near_duplicate_pairs(np.asarray(feats, dtype=np.float32),
+                                               dup.NEAR_DUPLICATE_SIMILARITY if threshold is None else threshold)
+    thumbs = run.thumbs()
+    exact = dup.exact_duplicate_groups(thumbs) if thumbs is not None and len(thumbs) == len(s) else []
+    table = dup.duplicate_table(pairs, sims, labels, names, exact)
+    atomic_write_bytes(Path(run_dir) / DUPLICATES_FILE, table.to_csv(index=False).encode("utf-8"))
+    return table
+
+
+def read_duplicates(run_dir):
+    """DUPLICATES_FILE as a DataFrame, or None when it was not made yet (or is unreadable)."""
+    import pandas as pd
+
+    p = Path(run_dir) / DUPLICATES_FILE
+    try:
+        return pd.read_csv(p, keep_default_na=False, dtype={"label_a": str, "label_b": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
+def conflict_queue(table, decisions: dict | None = None, status: str = "unreviewed"):
+    """The near-duplicate pairs whose labels conflict, most similar first, with a ``decided``
+    column (True when both images have a decision); ``status`` as in ``review_queue``."""
+    import pandas as pd
+
+    cols = ["a", "b", "similarity", "label_a", "label_b", "kind", "decided"]
+    if table is None or len(table) == 0:
+        return pd.DataFrame(columns=cols)
+    q = table[table["kind"] == "conflict"].copy()
+    decisions = decisions or {}
+    q["decided"] = np.array([bool(decision_name(decisions.get(int(a)))) and bool(decision_name(decisions.get(int(b))))
+                             for a, b in zip(q["a"], q["b"])], dtype=bool)
+    if status == "unreviewed":
+        q = q[~q["decided"]]
+    elif status == "reviewed":
+        q = q[q["decided"]]
+    return q.reset_index(drop=True)[cols]
+
+
+def conflict_decisions(a: int, b: int, label_a: str, label_b: str, choice: str) -> list[tuple[int, str, str | None]]:
+    """The two decisions (index, decision, final_label) a conflict choice makes, stored together:
+    "a"/"b" give both images that image's label (relabel the other), "keep" keeps both labels,
+    "exclude" excludes both. Raises ``InputError`` for another choice."""
+    from ..errors import InputError
+
+    if choice == "a":
+        return [(int(a), "keep", label_a), (int(b), "relabel", label_a)]
+    if choice == "b":
+        return [(int(a), "relabel", label_b), (int(b), "keep", label_b)]
+    if choice == "keep":
+        return [(int(a), "keep", label_a), (int(b), "keep", label_b)]
+    if choice == "exclude":
+        return [(int(a), "exclude", None), (int(b), "exclude", None)]
+    raise InputError(f"conflict choice {choice!r} is not one of {', '.join(CONFLICT_CHOICES)}")

@@ -1,0 +1,350 @@
+"""The learning queue: re-rank the unreviewed images from a run's saved arrays and the reviewer's
+decisions, as plain functions over arrays (no backbone, no training of the network).
+
+Each decision tells the true class of one image. ``learned_suspicion`` turns the decisions so far
+into a new suspicion for every unreviewed image:
+
+* **trusted labels**: the reviewed images' labels are replaced by the reviewer's and weigh
+  ``TRUSTED_WEIGHT`` times as much as a given label;
+* **neighbour vote** on those labels, over the neighbour graph the run's k-NN vote used (computed
+  once by ``prepare``): errors found near an image make its own label suspect, errors fixed
+  among its neighbours stop counting against it;
+* **refitted linear probe** on the corrected labels (cross-fitted over the unreviewed images, so
+  no image is scored by a probe that saw its own given label) on a PCA of the trusted views;
+* the run's own out-of-fold probe and final model stay in the ensemble unchanged;
+* **class pairs**: a given → suggested pair whose reviewed images turned out wrong more often
+  than their suspicion predicted moves up, one the reviewer keeps rejecting moves down
+  (``pair_calibration``, shrunk towards no change while a pair has few decisions).
+
+``REFRESH_EVERY`` and ``TOP_N`` are this module's settings (how often the page and the simulator
+re-rank; how much of a very large queue is re-ranked). The Review page and
+``bench/review_sim.py`` call the same functions, so the benchmark measures what users get.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .scores import knn_label_probs, normalise_rows, select_views
+
+REFRESH_EVERY = 25        # decisions between two re-rankings
+WARMUP = 100              # decisions before the first re-ranking: fewer moved the order more by chance
+                          # than by what they taught (bench/review_sim.py, random1: −6 errors at 100)
+TOP_N = 50_000            # at very large N only the first TOP_N unreviewed images are re-ranked
+TRUSTED_WEIGHT = 5.0      # a reviewed label counts this many given labels (vote and probe)
+PCA_DIMS = 64             # the refitted probe works on this many principal components per view
+PAIR_PRIOR = 20.0         # decisions a pair needs before its own hit rate counts as much as the score
+HIT_WINDOW = 50           # the running hit rate is the share of the last HIT_WINDOW decisions that fixed a label
+UNKNOWN = -1              # trusted label of an excluded image: reviewed, but no class
+
+
+@dataclass(frozen=True)
+class RerankBase:
+    """What a re-ranking needs from a run, computed once (``prepare``). N samples, K classes.
+
+    labels (N,) int given labels; static (N,) the run's suspicion; neighbours: one (N, k) int
+    neighbour graph per trusted view; reduced: one (N, PCA_DIMS) float32 PCA of each trusted
+    view; cv_probs (N, K) the run's out-of-fold probe (mean over trusted views); final_probs
+    (N, K) the final model's probabilities, or None when it is not in the run's ensemble.
+    """
+
+    labels: np.ndarray
+    static: np.ndarray
+    neighbours: list
+    reduced: list
+    cv_probs: np.ndarray
+    final_probs: np.ndarray | None
+    ensemble: np.ndarray | None = None   # (N, K) the run's ensemble_probs.npy (None: rebuilt)
+    votes0: list | None = None           # per view: the neighbour vote on the given labels (N, K)
+    probes0: list | None = None          # per view: the cross-fitted probe on the given labels (N, K)
+
+    @property
+    def n_classes(self) -> int:
+        return self.cv_probs.shape[1]
+
+
+def pca(features: np.ndarray, dims: int = PCA_DIMS, seed: int = 0) -> np.ndarray:
+    """(N, D) → (N, min(dims, D, N)) float32: the rows (unit-normalised, centred) projected on
+    their top principal directions (randomised SVD of at most 20k rows, so large N stays fast)."""
+    f = normalise_rows(features)
+    f = f - f.mean(axis=0, keepdims=True)
+    rng = np.random.default_rng(seed)
+    sample = f if len(f) <= 20_000 else f[rng.choice(len(f), 20_000, replace=False)]
+    dims = max(1, min(dims, *sample.shape))
+    _, _, vt = np.linalg.svd(sample, full_matrices=False)
+    return (f @ vt[:dims].T).astype(np.float32)
+
+
+def prepare(labels: np.ndarray, features: list[np.ndarray], cv_probs: list[np.ndarray],
+            probs: np.ndarray, static: np.ndarray, knn_k: int = 10, ensemble: np.ndarray | None = None
+            ) -> RerankBase:
+    """The run's arrays → a ``RerankBase``: the trusted views as the run chose them
+    (``scores.select_views``), their neighbour graphs and PCAs.
+
+    labels (N,) int; features: (N, D) per view (pretrained first); cv_probs: (N, K) per view;
+    probs (N, K) final model; static (N,) the run's suspicion in [0, 1]; ensemble (N, K) the
+    run's ensemble probabilities when saved (the learned ensemble starts from them).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(cv_probs) == 0 or len(features) < len(cv_probs):
+        raise InputError("the run has no out-of-fold probabilities or features to re-rank from")
+    keep = select_views(list(cv_probs), labels)
+    k = cv_probs[0].shape[1]
+    nbrs = [knn_label_probs(features[i], labels, k, knn_k)[1] for i in keep]
+    reduced = [pca(features[i]) for i in keep]
+    none = np.zeros(len(labels), dtype=bool)
+    return RerankBase(labels=labels, static=np.asarray(static, dtype=np.float64), neighbours=nbrs,
+                      reduced=reduced, cv_probs=np.mean([cv_probs[i] for i in keep], axis=0),
+                      final_probs=np.asarray(probs, dtype=np.float64) if any(i > 0 for i in keep) else None,
+                      ensemble=None if ensemble is None else np.asarray(ensemble, dtype=np.float64),
+                      votes0=[trusted_vote(nb, labels, none, k) for nb in nbrs],
+                      probes0=[refit_probe(x, labels, none, k) for x in reduced])
+
+
+def base_from_run(run) -> RerankBase:
+    """``prepare`` on a run directory (``rundir.Run``): samples.csv, features_*.npy,
+    cv_probs.npy, probs.npy. Raises ``InputError`` naming the file that is missing."""
+    s = run.samples()
+    if s is None or len(s) == 0:
+        raise InputError(f"{run.dir / 'samples.csv'}: no samples to re-rank")
+    idx = {c: i for i, c in enumerate(run.classes)}
+    labels = s["given_label"].map(idx).to_numpy()
+    feats = [run.features(w) for w in ("pre", "post")]
+    feats = [np.asarray(f, dtype=np.float32) for f in feats if f is not None]
+    for name, ok in (("features_pre.npy", bool(feats)), ("cv_probs.npy", (run.dir / "cv_probs.npy").exists()),
+                     ("probs.npy", (run.dir / "probs.npy").exists())):
+        if not ok:
+            raise InputError(f"{run.dir / name}: missing, so the queue cannot learn from decisions")
+    cv = list(np.load(run.dir / "cv_probs.npy"))
+    ens = run.dir / "ensemble_probs.npy"
+    return prepare(labels, feats[:len(cv)], cv[:len(feats)], np.load(run.dir / "probs.npy"),
+                   s["suspicion"].to_numpy(float), knn_k=run.settings.get("knn_k", 10),
+                   ensemble=np.load(ens) if ens.exists() else None)
+
+
+# ------------------------------------------------------------------------ ensemble members
+
+
+def trusted_vote(neighbours: np.ndarray, labels: np.ndarray, trusted: np.ndarray, n_classes: int,
+                 weight: float = TRUSTED_WEIGHT) -> np.ndarray:
+    """Neighbour vote (N, K) over a fixed graph with corrected labels.
+
+    neighbours (N, k) int; labels (N,) int, the reviewer's label where ``trusted`` (N,) bool,
+    UNKNOWN for an excluded image (it does not vote); a trusted neighbour weighs ``weight``.
+    Rows are shares summing to 1 (uniform when no neighbour votes).
+    """
+    lab = labels[neighbours]
+    w = np.where(trusted[neighbours], weight, 1.0) * (lab != UNKNOWN)
+    out = np.zeros((len(neighbours), n_classes))
+    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+    np.add.at(out, (rows, np.where(lab == UNKNOWN, 0, lab).ravel()), w.ravel())
+    total = out.sum(axis=1, keepdims=True)
+    return np.where(total > 0, out / np.maximum(total, 1e-12), 1.0 / n_classes)
+
+
+def refit_probe(x: np.ndarray, labels: np.ndarray, trusted: np.ndarray, n_classes: int,
+                folds: int = 2, weight: float = TRUSTED_WEIGHT, ridge: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Class probabilities (N, K) of a linear probe on ``x`` (N, d) fitted to the corrected
+    ``labels`` (N,), trusted rows weighing ``weight``, excluded (UNKNOWN) rows left out.
+
+    The probe is weighted ridge regression onto one-hot labels (closed form, milliseconds at
+    d = 64, so a re-ranking never waits on an iterative solver), its outputs clipped at 0 and
+    normalised. Cross-fitted: the untrusted rows are split into ``folds``; each fold is scored
+    by a probe fitted on the trusted rows and the other folds, so no image's score saw its own
+    given label. Trusted rows get the mean of the fold probes.
+    """
+    n = len(labels)
+    xb = np.hstack([np.asarray(x, dtype=np.float64), np.ones((n, 1))])
+    usable = labels != UNKNOWN
+    onehot = np.zeros((n, n_classes))
+    onehot[np.flatnonzero(usable), labels[usable]] = 1.0
+    w = np.where(trusted, weight, 1.0) * usable
+    fold = np.random.default_rng(seed).integers(0, folds, n)
+    fold[trusted] = -1
+    out = np.zeros((n, n_classes))
+    for f in range(folds):
+        wf = w * (fold != f)
+        a = (xb * wf[:, None]).T @ xb + ridge * np.eye(xb.shape[1])
+        coef = np.linalg.solve(a, (xb * wf[:, None]).T @ onehot)
+        score = (fold == f) | trusted
+        out[score] += (xb[score] @ coef) / np.where(trusted[score], folds, 1)[:, None]
+    out = np.clip(out, 0.0, None) + 1e-3
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def pair_calibration(suspicion: np.ndarray, labels: np.ndarray, suggested: np.ndarray,
+                     reviewed: np.ndarray, was_error: np.ndarray, prior: float = PAIR_PRIOR) -> np.ndarray:
+    """Suspicion (N,) moved by how each given → suggested class pair fared in review.
+
+    For a pair, the reviewed images' hit rate h (errors found / decisions) is shrunk towards
+    their mean suspicion s̄ with ``prior`` pseudo-decisions, and every image of that pair has its
+    odds multiplied by h/(1−h) ÷ s̄/(1−s̄). labels, suggested (N,) int; reviewed (N,) bool;
+    was_error (N,) bool (meaningful where reviewed).
+    """
+    eps = 1e-4
+    s = np.clip(np.asarray(suspicion, dtype=np.float64), eps, 1 - eps)
+    k = int(max(labels.max(initial=0), suggested.max(initial=0))) + 1
+    pair = labels * k + suggested
+    r = reviewed.astype(bool)
+    n = np.bincount(pair[r], minlength=k * k).astype(float)
+    hits = np.bincount(pair[r], weights=was_error[r].astype(float), minlength=k * k)
+    mean_s = np.bincount(pair[r], weights=s[r], minlength=k * k) / np.maximum(n, 1)
+    h = np.clip((hits + prior * mean_s) / (n + prior), eps, 1 - eps)
+    shift = np.where(n > 0, np.log(h / (1 - h)) - np.log(np.clip(mean_s, eps, 1 - eps) / (1 - np.clip(mean_s, eps, 1 - eps))), 0.0)
+    z = np.log(s / (1 - s)) + shift[pair]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# ------------------------------------------------------------------------------ re-ranking
+
+
+def corrected_labels(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N,), trusted (N,) bool): the given labels with the reviewer's at ``reviewed``
+    (int indices; ``true_labels`` the same length, UNKNOWN for an excluded image)."""
+    reviewed = np.asarray(reviewed, dtype=np.int64)
+    labels = base.labels.copy()
+    labels[reviewed] = np.asarray(true_labels, dtype=np.int64)
+    trusted = np.zeros(len(labels), dtype=bool)
+    trusted[reviewed] = True
+    return labels, trusted
+
+
+def rebuilt_probs(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """The ensemble (N, K) rebuilt with corrected labels: per trusted view the trusted neighbour
+    vote and the refitted probe, plus the run's out-of-fold probe and final model unchanged."""
+    k = base.n_classes
+    members = [base.cv_probs]
+    for nb, x in zip(base.neighbours, base.reduced):
+        members.append(trusted_vote(nb, labels, trusted, k))
+        members.append(refit_probe(x, labels, trusted, k))
+    if base.final_probs is not None:
+        members.append(base.final_probs)
+    return np.mean(members, axis=0)
+
+
+def learned_probs(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """The run's ensemble (N, K) moved by what the decisions taught: per trusted view, the
+    change of the neighbour vote and of the cross-fitted probe when the given labels are
+    replaced by the reviewer's (trusted ones weighing more), each weighing what one member of
+    the run's ensemble weighs. Starting from the run's ensemble rather than rebuilding it keeps
+    its strongest members (the probe on the full features, the final model) and makes no
+    decision at all give back the run's own order."""
+    k = base.n_classes
+    n_views = len(base.neighbours)
+    members = 2 * n_views + (base.final_probs is not None)
+    start = base.ensemble
+    if start is None:
+        parts = [(base.cv_probs, n_views)] + [(v, 1) for v in base.votes0]
+        if base.final_probs is not None:
+            parts.append((base.final_probs, 1))
+        start = sum(p * w for p, w in parts) / members
+    delta = np.zeros_like(start)
+    for nb, x, v0, p0 in zip(base.neighbours, base.reduced, base.votes0, base.probes0):
+        delta += trusted_vote(nb, labels, trusted, k) - v0
+        delta += refit_probe(x, labels, trusted, k) - p0
+    return np.clip(start + delta / members, 0.0, 1.0)
+
+
+# How the decisions enter the ensemble, by name (bench/review_sim.py --learner compares them).
+LEARNERS = {"delta": learned_probs, "rebuild": rebuilt_probs}
+LEARNER = "rebuild"  # measured: better D90 on 3 of the 4 dev settings (bench/review_sim.py)
+
+
+def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
+                      learner: str = LEARNER) -> np.ndarray:
+    """New suspicion (N,) in [0, 1] of every image after the decisions so far.
+
+    reviewed (M,) int indices; true_labels (M,) int, the class each one really has (UNKNOWN:
+    excluded). Reviewed images keep their static suspicion (they leave the queue anyway). Before
+    ``WARMUP`` decisions the result is the static suspicion: the learning queue starts as the run's.
+    """
+    reviewed = np.asarray(reviewed, dtype=np.int64)
+    if len(reviewed) < WARMUP:
+        return base.static.copy()
+    if learner not in LEARNERS:
+        raise InputError(f"learner {learner!r} is not one of {', '.join(LEARNERS)}")
+    labels, trusted = corrected_labels(base, reviewed, true_labels)
+    p = LEARNERS[learner](base, labels, trusted)
+    n = len(labels)
+    given = base.labels
+    score = 1.0 - p[np.arange(n), given]
+    other = p.copy()
+    other[np.arange(n), given] = -np.inf
+    was_error = trusted & (labels != given)  # exclude (UNKNOWN) counts as an error found: the image left
+    score = pair_calibration(score, given, other.argmax(axis=1), trusted, was_error)
+    return np.where(trusted, base.static, score)
+
+
+def learned_order(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
+                  order: np.ndarray | None = None, top_n: int = TOP_N, learner: str = LEARNER) -> np.ndarray:
+    """The unreviewed images (int indices) in learned order, most suspect first.
+
+    ``order``: the current queue order of all images (default: static suspicion); only its first
+    ``top_n`` unreviewed images are re-ranked, the rest keep their places after them (at very
+    large N that keeps a re-ranking in seconds)."""
+    if order is None:
+        order = static_order(base.static)
+    done = np.zeros(len(base.labels), dtype=bool)
+    done[np.asarray(reviewed, dtype=np.int64)] = True
+    rest = np.asarray(order, dtype=np.int64)[~done[order]]
+    head, tail = rest[:top_n], rest[top_n:]
+    s = learned_suspicion(base, reviewed, true_labels, learner)
+    head = head[np.argsort(-s[head], kind="stable")]
+    return np.concatenate([head, tail])
+
+
+def static_order(suspicion: np.ndarray) -> np.ndarray:
+    """All indices by suspicion, highest first, ties by index (the static queue)."""
+    s = np.asarray(suspicion, dtype=np.float64)
+    return np.lexsort((np.arange(len(s)), -s))
+
+
+# ---------------------------------------------------------------------- for the reviewer
+
+
+def hit_rate(changed: list[bool], window: int = HIT_WINDOW) -> float | None:
+    """Share of the last ``window`` decisions (oldest first in ``changed``) that changed a
+    label; None before the first decision."""
+    last = list(changed)[-window:]
+    return None if not last else float(np.mean(last))
+
+
+def errors_left(suspicion: np.ndarray, unreviewed: np.ndarray, reviewed_suspicion: np.ndarray,
+                reviewed_changed: np.ndarray) -> float:
+    """Estimated label errors among the ``unreviewed`` images (int indices).
+
+    The suspicion of the unreviewed images summed, scaled by how the suspicion of the images
+    reviewed so far compared with what they turned out to be (errors found ÷ suspicion summed;
+    1 before any decision), so an over-confident score does not promise errors that are not there.
+    """
+    rs = float(np.sum(reviewed_suspicion))
+    scale = float(np.sum(reviewed_changed)) / rs if rs > 0 else 1.0
+    return float(np.sum(np.asarray(suspicion)[np.asarray(unreviewed, dtype=np.int64)]) * scale)
+
+
+__all__ = [
+    "HIT_WINDOW",
+    "LEARNER",
+    "LEARNERS",
+    "REFRESH_EVERY",
+    "TOP_N",
+    "UNKNOWN",
+    "WARMUP",
+    "RerankBase",
+    "base_from_run",
+    "corrected_labels",
+    "errors_left",
+    "hit_rate",
+    "learned_order",
+    "learned_probs",
+    "learned_suspicion",
+    "pair_calibration",
+    "pca",
+    "prepare",
+    "rebuilt_probs",
+    "refit_probe",
+    "static_order",
+    "trusted_vote",
+]
