@@ -208,10 +208,9 @@ class RunConfig:
     # "top-k-cl" was chosen on development images (bench/protocol.py, cifar10n.py --seed 0); held
     # out it is within 0.012 F1 of the best rule on aggre/random1/sym40 and 0.05 short on asym40,
     # and flags fewer images than are right on low noise than "ensemble" did (BENCHMARKS.md).
-    flag_rule: str = _setting("top-k-cl", "Which labels get flagged: top-k-<count> (the k most suspicious, "
-                              "k = an estimate of the wrong labels: cl, gmm, gmm-suspicion, expected), paper "
-                              "(clean posterior < τ), ensemble (the ensemble's top class is not the given "
-                              "label) or confident-learning (fewer, surer flags).", "scores",
+    flag_rule: str = _setting("top-k-cl", "Which labels get flagged: top-k-<count> (the k most suspicious; k estimates the wrong "
+                              "labels by cl, gmm, gmm-suspicion or expected), paper (clean posterior < τ), "
+                              "ensemble (top class ≠ given) or confident-learning (fewer, surer).", "scores",
                               registry="flag_rule", label="Flag rule")
     knn_k: int = _setting(10, "Neighbours in the feature-space label vote.", "scores", min=1,
                           label="k of the neighbour vote")

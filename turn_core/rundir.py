@@ -30,6 +30,8 @@ Layout (every file optional until the run reaches the step that writes it)::
       review.sqlite        review decisions (turn_core.review), keyed by samples.csv row
       review.json          the reviewer's settings, e.g. {"cutoff": {"value", "table", "saved_at"}}:
                            the suspect cut-off and the table (provisional / final) it was set on
+      queue_learned.npz    the learning queue's suspicion after n_decisions reviews (turn_core.views.queue)
+      duplicates.csv       near- and exact-duplicate pairs: a,b,similarity,label_a,label_b,kind
       projections/         cached 2-D embeddings (turn_core.projections)
       exports/             what the export step wrote
 
@@ -173,7 +175,8 @@ class RunWriter:
     # nothing stale (events, features, review decisions of other samples) mixes in.
     RUN_FILES = ("events.jsonl", "samples.csv", "metrics.json", "gmm.json", "features_pre.npy",
                  "features_post.npy", "probs.npy", "cv_probs.npy", "ensemble_probs.npy", "thumbs.npy",
-                 "model.safetensors", "skipped.csv", "run.log", "config.json", "review.json")
+                 "model.safetensors", "skipped.csv", "run.log", "config.json", "review.json",
+                 "queue_learned.npz", "duplicates.csv")
 
     def reset(self) -> None:
         """Start the folder afresh for a new run (the caller checked no live run owns it).
