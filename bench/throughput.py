@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the checkout, as the other bench scripts
 
 from turn_core.train import (
     fft_epoch,
