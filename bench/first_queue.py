@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
-from run_bench import SETTINGS, fmt_row, manifest, materialise, peers
+from run_bench import SETTINGS, add_data_args, fmt_row, manifest, materialise, peers, print_machine
 
 from turn_core.config import RunConfig
 from turn_core.pipeline import run
@@ -67,18 +66,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/turn-bench"))
     ap.add_argument("--settings", default="random1")
-    ap.add_argument("--n-train", type=int, default=4000)
-    ap.add_argument("--n-test", type=int, default=1000)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    add_data_args(ap)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"cuda={torch.cuda.is_available()}; torch {torch.__version__}")
+    print_machine()
     results = {}
     for name in args.settings.split(","):
         res = results[name] = one_setting(name, args)

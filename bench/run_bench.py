@@ -150,6 +150,23 @@ def fmt_row(name: str, d: dict) -> str:
             f"| {d.get('suggest_acc', float('nan')):.3f} | {d['seconds']:.1f} |")
 
 
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """The data and training flags every CIFAR-10N benchmark script shares."""
+    ap.add_argument("--n-train", type=int, default=4000)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def print_machine() -> None:
+    import torch
+
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"cuda={torch.cuda.is_available()}; torch {torch.__version__}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/turn-bench"))
@@ -157,21 +174,13 @@ def main() -> None:
     # GCE-LP is TURN's own Phase I (same code, seed and data): its test accuracy is read from the
     # TURN run ("turn (after LP)") unless gce-lp is listed here as well.
     ap.add_argument("--methods", default="turn,ce-lp,ce-fft")
-    ap.add_argument("--n-train", type=int, default=4000)
-    ap.add_argument("--n-test", type=int, default=1000)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    add_data_args(ap)
     ap.add_argument("--fresh", action="store_true", help="re-run even when a run directory exists")
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: report only the runs already in the work folder")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"cuda={torch.cuda.is_available()}; torch {torch.__version__}")
+    print_machine()
     results = {}
     for name in args.settings.split(","):
         label_set, noise = SETTINGS[name]

@@ -7,6 +7,7 @@ then wait for the app to be connected and idle before acting. Debian's Chromium 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -23,6 +24,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def have_chromium() -> bool:
     return Path(CHROMIUM).exists()
+
+
+def require_browser():
+    """playwright.sync_api, or skip the calling test module (Chromium or Playwright missing).
+    Call at module level."""
+    import pytest
+
+    if not have_chromium():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
+    return pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 
 def free_port() -> int:
@@ -91,3 +102,31 @@ def exceptions(page) -> list[str]:
 
 def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@contextlib.contextmanager
+def chromium():
+    """A headless Debian Chromium through Playwright, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@contextlib.contextmanager
+def demo_server(tmp_path: Path, defaults: dict):
+    """The real app on an empty runs folder under ``tmp_path`` with form ``defaults``
+    (TURN_AUDIT_DEFAULTS) and server data limited to ``tmp_path``: yields (url, runs folder)."""
+    import json
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    proc, url = start_server(runs, extra_env={"TURN_AUDIT_DEFAULTS": json.dumps(defaults),
+                                              "TURN_AUDIT_DATA_ROOTS": str(tmp_path)},
+                             log_path=tmp_path / "server.log")
+    try:
+        yield url, runs
+    finally:
+        stop_server(proc)

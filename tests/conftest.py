@@ -49,3 +49,22 @@ def fake_run(tmp_path):
 def fake_df(fake_run):
     """``fake_run``'s samples table."""
     return fake_run.samples()
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium for the browser tests (tests/browser_util.py)."""
+    from browser_util import chromium
+
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def server(tmp_path, request):
+    """The real app on an empty runs folder, with the test module's ``APP_DEFAULTS`` as form
+    defaults: (url, runs folder)."""
+    from browser_util import demo_server
+
+    with demo_server(tmp_path, request.module.APP_DEFAULTS) as running:
+        yield running

@@ -18,35 +18,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser_util import CHROMIUM, CHROMIUM_ARGS, start_server, stop_server, wait_ready
+from browser_util import require_browser, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+playwright = require_browser()
 
 TINY = {"demo_n": 300, "image_size": 32, "lp_epochs": 3, "fft_epochs": 1}
 PAGES = ["", "data_run", "training", "losses", "clusters", "review", "export"]
 
 
-@pytest.fixture()
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def server(tmp_path):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    proc, url = start_server(runs, extra_env={"TURN_AUDIT_DEFAULTS": json.dumps(TINY),
-                                              "TURN_AUDIT_DATA_ROOTS": str(tmp_path)},
-                             log_path=tmp_path / "server.log")
-    yield url, runs
-    stop_server(proc)
+APP_DEFAULTS = TINY   # the form defaults of conftest's `server` fixture
 
 
 def assert_no_exception(page) -> None:

@@ -17,14 +17,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser_util import CHROMIUM, exceptions, have_chromium, launch, start_server, stop_server, wait_ready
+from browser_util import exceptions, launch, require_browser, start_server, stop_server, wait_ready
 from fakerun import make_fake_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
-if not have_chromium():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+sync_api = require_browser()
 
 COUNTER = re.compile(r"^(\d+) of (\d+) suspects reviewed$")
 BUTTONS = {"accept": re.compile(r"^Accept →"), "keep": re.compile(r"^Keep "),

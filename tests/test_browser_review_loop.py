@@ -19,36 +19,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser_util import CHROMIUM, exceptions, launch, start_server, stop_server, wait_ready
+from browser_util import exceptions, require_browser, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+playwright = require_browser()
 
 # A demo run whose FFT lasts long enough to review during it (reviewing two images takes a few seconds).
 LONG_FFT = {"demo_n": 300, "image_size": 32, "lp_epochs": 3, "fft_epochs": 10}
 HEAD = re.compile(r"^(\d+) of (\d+) suspects reviewed$")
 
 
-@pytest.fixture()
-def browser():
-    with playwright.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def server(tmp_path):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    proc, url = start_server(runs, extra_env={"TURN_AUDIT_DEFAULTS": json.dumps(LONG_FFT),
-                                              "TURN_AUDIT_DATA_ROOTS": str(tmp_path)},
-                             log_path=tmp_path / "server.log")
-    yield url, runs
-    stop_server(proc)
+APP_DEFAULTS = LONG_FFT   # the form defaults of conftest's `server` fixture
 
 
 def _head(page) -> tuple[int, int]:
