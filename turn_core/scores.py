@@ -23,9 +23,10 @@ from .errors import InputError
 
 def normalise_rows(features: np.ndarray) -> np.ndarray:
     """(N, D) float32 rows scaled to unit length (zero rows stay zero): cosine = dot product.
-    The one normalisation of every neighbour search (scoring and the Review page)."""
-    f = np.asarray(features, dtype=np.float32)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    The one normalisation of every neighbour search (scoring, the Review page, ``knn``)."""
+    from .knn import normalise
+
+    return normalise(np.asarray(features) if not hasattr(features, "shape") else features)
 
 
 def knn_label_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, k: int = 10,
