@@ -79,6 +79,21 @@ def test_old_run_clean_label_column_reads_as_true_label(tmp_path):
     assert s["true_label"].tolist() == ["cat", "fox", "fox", "dog", "dog"]
 
 
+def test_samples_reads_only_the_columns_asked_for(tmp_path):
+    w = RunWriter(tmp_path / "r")
+    a = _write_samples(w)
+    w.close()
+    run = Run(tmp_path / "r")
+    s = run.samples(columns=["suspicion", "given_label", "no_such_column"])
+    assert list(s.columns) == ["suspicion", "given_label"]
+    assert s["given_label"].tolist() == ["cat", "dog", "fox", "dog", "cat"]
+    assert np.allclose(s["suspicion"], a["suspicion"], atol=5e-7)
+    assert list(run.samples().columns)[:2] == ["index", "path"]  # the whole table is its own cache entry
+    p = tmp_path / "r" / "samples.csv"
+    p.write_text(p.read_text(encoding="utf-8").replace(",true_label,", ",clean_label,", 1), encoding="utf-8")
+    assert Run(tmp_path / "r").samples(columns=["true_label"])["true_label"].tolist()[1] == "fox"
+
+
 def test_metrics_skipped_and_json_round_trip(tmp_path):
     w = RunWriter(tmp_path / "r")
     w.write_metrics({"method": "turn", "n_train": np.int64(5), "detection": {"f1": np.float32(0.5)}})

@@ -542,27 +542,23 @@ def phase_provisional(state: RunState) -> None:
     """
     import torch
 
-    from .scores import build_signals, margin, score_and_flag
+    from .scores import margin, score_step
     from .selection import clean_posterior
-    from .train import cross_val_linear_probs, softmax
+    from .train import softmax
 
     config, labels = state.config, state.labels
     if config.method not in ("turn", "ce-fft") or config.fft_epochs <= 0 or not state.world.main:
         return  # the final table follows at once (or another rank writes it): nothing to do here
     t0 = time.time()
     state.emit({"phase": "provisional", "kind": "start"})
-    with torch.random.fork_rng(devices=[]):
-        state.cv_pre = cross_val_linear_probs(state.feats_pre, labels, state.k, q=config.gce_q,
-                                              epochs=config.lp_epochs, lr=config.lp_lr,
-                                              batch_size=config.batch_size, min_steps_per_epoch=config.lp_min_steps,
-                                              seed=config.seed, cancel=state.cancel, device=state.rt.device)
     clean_prob, _ = clean_posterior(state.losses[0], labels, state.k, per_class=config.gmm_per_class,
                                     seed=config.seed)
     probs = softmax(state.logits)
-    sig = build_signals(labels, probs, clean_prob, np.stack(state.losses[:1]), [state.feats_pre], [state.cv_pre],
-                        knn_k=config.knn_k, tau=config.tau)
-    result = score_and_flag(sig, config.score, config.flag_rule)
-    suspicion = np.round(result["suspicion"], 6)
+    with torch.random.fork_rng(devices=[]):
+        sig, result, cv = score_step(labels, probs, clean_prob, np.stack(state.losses[:1]), [state.feats_pre],
+                                     config, cancel=state.cancel, device=state.rt.device)
+    state.cv_pre = cv[0]
+    suspicion = result["suspicion"]
     state.writer.write_samples(
         paths=state.train.paths, classes=state.classes, given=labels, predicted=probs.argmax(axis=1),
         suggested=result["suggested"], suspicion=suspicion, clean_prob=clean_prob, flagged=result["flagged"],
@@ -661,9 +657,9 @@ def _digest(indices: np.ndarray) -> str:
 def phase_score(state: RunState) -> None:
     """Sets clean_prob (final GMM), probs, cv_probs, knn_agreement, result (suspicion, flagged,
     suggested, confidence) and metrics. Rank 0 only (under torchrun the others are done)."""
-    from .scores import build_signals, score_and_flag, suggestion_probs
+    from .scores import score_step, suggestion_probs
     from .selection import clean_posterior
-    from .train import cross_val_linear_probs, softmax
+    from .train import softmax
 
     if not state.world.main:
         return
@@ -677,22 +673,16 @@ def phase_score(state: RunState) -> None:
     # Out-of-fold probabilities of Phase I's GCE linear probe, on the pretrained features and on
     # the fine-tuned ones: no model that saw a sample's own label scores it, so nothing memorised.
     views = [state.feats_pre] if state.feats_post is state.feats_pre else [state.feats_pre, state.feats_post]
-    state.cv_probs = [state.cv_pre if i == 0 and state.cv_pre is not None else  # provisional computed it
-                      cross_val_linear_probs(f, labels, state.k, q=config.gce_q, epochs=config.lp_epochs,
-                                             lr=config.lp_lr, batch_size=config.batch_size,
-                                             min_steps_per_epoch=config.lp_min_steps, seed=config.seed,
-                                             cancel=state.cancel, device=state.rt.device) for i, f in enumerate(views)]
-    sig = build_signals(labels, state.probs, state.clean_prob, np.stack(state.losses), views, state.cv_probs,
-                        knn_k=config.knn_k, tau=config.tau)
+    sig, state.result, state.cv_probs = score_step(
+        labels, state.probs, state.clean_prob, np.stack(state.losses), views, config,
+        cv_probs=None if state.cv_pre is None else [state.cv_pre],  # the provisional table computed it
+        cancel=state.cancel, device=state.rt.device)
     names = ["pretrained", "fine-tuned"]
     state.emit({"phase": "score", "kind": "info", "views": names[:len(views)],
                 "trusted_views": [names[i] for i in sig.extra["views"]]})
     state.knn_agreement = sig.knn_probs[np.arange(len(labels)), labels]
     # The class probabilities the suspicion and suggestions come from (interop's pred_probs).
     state.ensemble_probs = suggestion_probs(sig)
-    state.result = score_and_flag(sig, config.score, config.flag_rule)
-    # metrics.json must describe samples.csv exactly, so both use the 6 decimals written there
-    state.result["suspicion"] = np.round(state.result["suspicion"], 6)
     state.metrics = _metrics(state)
     _timed(state, "score", t0)
 

@@ -462,11 +462,15 @@ class Run:
         return out
 
     # -- large artefacts (cached per Run object)
-    def samples(self):
-        """samples.csv as a pandas DataFrame (None until the run wrote it).
+    def samples(self, columns: list[str] | None = None):
+        """The per-sample table as a pandas DataFrame (None until the run wrote it).
 
-        An older run's ``clean_label`` column comes back as ``true_label``."""
-        if "samples" not in self._cache:
+        ``columns``: read only these (a name the table lacks is left out; order as given);
+        None reads every column. An older run's ``clean_label`` column comes back as
+        ``true_label``. Cached per Run object and column set.
+        """
+        key = "samples" if columns is None else "samples:" + ",".join(columns)
+        if key not in self._cache:
             import pandas as pd
 
             p = self.dir / "samples.csv"
@@ -474,10 +478,16 @@ class Run:
             if p.exists():
                 text_cols = ["path", "given_label", "predicted_label", "suggested_label", "true_label"]
                 dtypes = {c: str for c in text_cols + list(_OLD_COLUMNS)}
-                df = pd.read_csv(p, dtype=dtypes, keep_default_na=False)
+                want = None
+                if columns is not None:
+                    wanted = set(columns) | {o for o, n in _OLD_COLUMNS.items() if n in columns}
+                    want = wanted.__contains__  # pandas takes a callable
+                df = pd.read_csv(p, dtype=dtypes, keep_default_na=False, usecols=want)
                 df = df.rename(columns={o: n for o, n in _OLD_COLUMNS.items() if n not in df.columns})
-            self._cache["samples"] = df
-        return self._cache["samples"]
+                if columns is not None:
+                    df = df[[c for c in columns if c in df.columns]]
+            self._cache[key] = df
+        return self._cache[key]
 
     def _npy(self, name: str) -> np.ndarray | None:
         if name not in self._cache:

@@ -320,3 +320,34 @@ def score_and_flag(s: Signals, score: str | None = None, flag_rule: str | None =
     flagged = FLAG_RULES[flag_rule](s, suspicion).astype(bool)
     suggested, confidence = suggest_labels(s, flagged)
     return {"suspicion": suspicion, "flagged": flagged, "suggested": suggested, "confidence": confidence}
+
+
+# ------------------------------------------------------------------------ the scoring step
+
+
+def score_step(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray, losses: np.ndarray,
+               features: list[np.ndarray], config: RunConfig, *, cv_probs: list[np.ndarray] | None = None,
+               cancel=None, device="cpu") -> tuple[Signals, dict, list[np.ndarray]]:
+    """The run's scoring step, as the pipeline calls it (its provisional and final tables) and
+    ``bench/scale.py`` times it: out-of-fold probes, neighbour votes, score and flags.
+
+    labels (N,) given; probs (N, K) the model's softmax; clean_prob (N,) the GMM's clean
+    posterior; losses (E, N); features: one (N, D) array per view (pretrained first; float16
+    memmaps are fine). cv_probs: out-of-fold probabilities already computed for the first
+    views (the provisional table's pretrained probe); the others are computed here with
+    Phase I's recipe from ``config``. Returns (Signals, score_and_flag's dict with suspicion
+    rounded to the 6 decimals samples.csv holds, every view's cv_probs).
+    """
+    from .train import cross_val_linear_probs
+
+    k = probs.shape[1]
+    cv = list(cv_probs or [])[:len(features)]
+    for f in features[len(cv):]:
+        cv.append(cross_val_linear_probs(f, labels, k, q=config.gce_q, epochs=config.lp_epochs, lr=config.lp_lr,
+                                         batch_size=config.batch_size, min_steps_per_epoch=config.lp_min_steps,
+                                         seed=config.seed, cancel=cancel, device=device))
+    sig = build_signals(labels, probs, clean_prob, losses, features, cv, knn_k=config.knn_k, tau=config.tau)
+    result = score_and_flag(sig, config.score, config.flag_rule)
+    # metrics.json must describe samples.csv exactly, so both use the 6 decimals written there
+    result["suspicion"] = np.round(result["suspicion"], 6)
+    return sig, result, cv
