@@ -12,7 +12,10 @@ fixed after each budget and D90, the decisions needed to fix 90 % of them:
   ``learned_order`` every ``REFRESH_EVERY`` decisions), the functions the page calls;
 * cleanlab: ``find_label_issues``'s ranking (label quality) on 5-fold CV logistic regression over
   the run's pretrained features;
-* knn: the k-NN vote ranking on the same features.
+* knn: the k-NN vote ranking on the same features;
+* naive: the naive re-ranking issue 11 names as the bar to beat: every 100 decisions a logistic
+  probe fitted on the reviewed images (their true labels) and a k-NN vote over the reviewed
+  images only, both on the pretrained features, are blended (mean) with the run's suspicion.
 
 The last line is one JSON object: {"static": {"100": n, ..., "d90": d}, "learning": ..., ...}.
 """
@@ -77,13 +80,60 @@ def learning_walk(base: rerank.RerankBase, truth: np.ndarray, stop_after: int,
     return np.concatenate([np.array(walked, dtype=np.int64), order])[:len(truth)]
 
 
+def reviewed_knn_vote(feats: np.ndarray, reviewed: np.ndarray, labels: np.ndarray, n_classes: int,
+                      k: int = 10) -> np.ndarray:
+    """(N, K) vote of each image's ``k`` most similar reviewed images (cosine) with their true
+    ``labels`` (M,); a reviewed image does not vote for itself."""
+    f = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    sim = f @ f[reviewed].T
+    sim[reviewed, np.arange(len(reviewed))] = -np.inf
+    k = max(1, min(k, len(reviewed) - 1))
+    nb = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    out = np.zeros((len(f), n_classes))
+    np.add.at(out, (np.repeat(np.arange(len(f)), k), labels[nb].ravel()), 1.0 / k)
+    return out
+
+
+def naive_suspicion(feats: np.ndarray, given: np.ndarray, static: np.ndarray, reviewed: np.ndarray,
+                    labels: np.ndarray, n_classes: int, k: int = 10) -> np.ndarray:
+    """(N,) the naive blend: mean of the run's suspicion, 1 − p(given) of a logistic probe fitted
+    on the reviewed images' true ``labels``, and 1 − the reviewed images' k-NN vote for the given
+    label."""
+    from sklearn.linear_model import LogisticRegression
+
+    probe = np.full((len(given), n_classes), 1e-3)
+    if len(np.unique(labels)) > 1:
+        m = LogisticRegression(max_iter=500).fit(feats[reviewed], labels)
+        probe[:, m.classes_] = m.predict_proba(feats)
+    probe /= probe.sum(axis=1, keepdims=True)
+    vote = reviewed_knn_vote(feats, reviewed, labels, n_classes, k)
+    ar = np.arange(len(given))
+    return (static + (1 - probe[ar, given]) + (1 - vote[ar, given])) / 3
+
+
+def naive_walk(feats: np.ndarray, given: np.ndarray, static: np.ndarray, truth: np.ndarray, n_classes: int,
+               stop_after: int, every: int = 100, k: int = 10) -> np.ndarray:
+    """The order the naive re-ranking shows an oracle: ``every`` decisions, then
+    ``naive_suspicion`` over the reviewed images re-ranks the rest, and so on."""
+    order = rerank.static_order(static)
+    walked: list[int] = []
+    while len(walked) < min(stop_after, len(truth)) and len(order):
+        walked.extend(int(i) for i in order[:every])
+        rest = order[every:]
+        reviewed = np.array(walked, dtype=np.int64)
+        keep = truth[reviewed] >= 0
+        s = naive_suspicion(feats, given, static, reviewed[keep], truth[reviewed][keep], n_classes, k)
+        order = rest[np.argsort(-s[rest], kind="stable")]
+    return np.concatenate([np.array(walked, dtype=np.int64), order])[:len(truth)]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--truth", type=Path, required=True)
     ap.add_argument("--budget", default="100,250,500,1000")
     ap.add_argument("--every", type=int, default=rerank.REFRESH_EVERY, help="decisions between re-rankings")
-    ap.add_argument("--orders", default="static,learning,cleanlab,knn")
+    ap.add_argument("--orders", default="static,learning,cleanlab,knn,naive")
     ap.add_argument("--learner", default=rerank.LEARNER, choices=list(rerank.LEARNERS))
     a = ap.parse_args(argv)
     budgets = [int(b) for b in a.budget.split(",") if b]
@@ -121,6 +171,11 @@ def main(argv=None) -> dict:
         orders["knn"] = rerank.static_order(knn_vote(feats, given, len(classes), k=run.settings.get("knn_k", 10))
                                             ["suspicion"])
         times["knn"] = time.time() - t0
+    if "naive" in wanted:
+        t0 = time.time()
+        orders["naive"] = naive_walk(feats, given, s["suspicion"].to_numpy(float), truth, len(classes),
+                                     stop_after=max(max(budgets), d90_static), k=run.settings.get("knn_k", 10))
+        times["naive"] = time.time() - t0
     result = {name: summary(fixed_curve(o, is_error), n_err, budgets) for name, o in orders.items()}
     print(f"{'order':10s}" + "".join(f"{b:>8d}" for b in budgets) + f"{'D90':>8s}{'sec':>8s}")
     for name, r in result.items():

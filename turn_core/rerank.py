@@ -29,12 +29,14 @@ import numpy as np
 from .errors import InputError
 from .scores import knn_label_probs, normalise_rows, select_views
 
-REFRESH_EVERY = 25        # decisions between two re-rankings
+REFRESH_EVERY = 10        # decisions between two re-rankings (dev runs, mean D90 vs static: 10 → −9.9 %,
+                          # 25 → −8.4 %, 50 → −8.2 %; a re-ranking of 1,000 images takes ~50 ms)
 WARMUP = 100              # decisions before the first re-ranking: fewer moved the order more by chance
                           # than by what they taught (bench/review_sim.py, random1: −6 errors at 100)
 TOP_N = 50_000            # at very large N only the first TOP_N unreviewed images are re-ranked
 TRUSTED_WEIGHT = 5.0      # a reviewed label counts this many given labels (vote and probe)
 PCA_DIMS = 64             # the refitted probe works on this many principal components per view
+STACK_L2 = 1.0            # the stacked learner's L2 penalty on its signal weights (dev runs: 0.1 / 1 / 10)
 PAIR_PRIOR = 20.0         # decisions a pair needs before its own hit rate counts as much as the score
 HIT_WINDOW = 50           # the running hit rate is the share of the last HIT_WINDOW decisions that fixed a label
 UNKNOWN = -1              # trusted label of an excluded image: reviewed, but no class
@@ -145,7 +147,8 @@ def trusted_vote(neighbours: np.ndarray, labels: np.ndarray, trusted: np.ndarray
 
 
 def refit_probe(x: np.ndarray, labels: np.ndarray, trusted: np.ndarray, n_classes: int,
-                folds: int = 2, weight: float = TRUSTED_WEIGHT, ridge: float = 1.0, seed: int = 0) -> np.ndarray:
+                folds: int = 2, weight: float = TRUSTED_WEIGHT, ridge: float = 1.0, seed: int = 0,
+                cross_fit_trusted: bool = False) -> np.ndarray:
     """Class probabilities (N, K) of a linear probe on ``x`` (N, d) fitted to the corrected
     ``labels`` (N,), trusted rows weighing ``weight``, excluded (UNKNOWN) rows left out.
 
@@ -153,7 +156,9 @@ def refit_probe(x: np.ndarray, labels: np.ndarray, trusted: np.ndarray, n_classe
     d = 64, so a re-ranking never waits on an iterative solver), its outputs clipped at 0 and
     normalised. Cross-fitted: the untrusted rows are split into ``folds``; each fold is scored
     by a probe fitted on the trusted rows and the other folds, so no image's score saw its own
-    given label. Trusted rows get the mean of the fold probes.
+    given label. Trusted rows get the mean of the fold probes, or with ``cross_fit_trusted`` are
+    split into the folds too, so that no row's score saw its own (reviewed) label either: what a
+    model learning from the reviewed rows' scores needs, or their scores would leak the answer.
     """
     n = len(labels)
     xb = np.hstack([np.asarray(x, dtype=np.float64), np.ones((n, 1))])
@@ -162,14 +167,16 @@ def refit_probe(x: np.ndarray, labels: np.ndarray, trusted: np.ndarray, n_classe
     onehot[np.flatnonzero(usable), labels[usable]] = 1.0
     w = np.where(trusted, weight, 1.0) * usable
     fold = np.random.default_rng(seed).integers(0, folds, n)
-    fold[trusted] = -1
+    if not cross_fit_trusted:
+        fold[trusted] = -1
+    shared = fold == -1  # rows every fold probe scores (their mean)
     out = np.zeros((n, n_classes))
     for f in range(folds):
         wf = w * (fold != f)
         a = (xb * wf[:, None]).T @ xb + ridge * np.eye(xb.shape[1])
         coef = np.linalg.solve(a, (xb * wf[:, None]).T @ onehot)
-        score = (fold == f) | trusted
-        out[score] += (xb[score] @ coef) / np.where(trusted[score], folds, 1)[:, None]
+        score = (fold == f) | shared
+        out[score] += (xb[score] @ coef) / np.where(shared[score], folds, 1)[:, None]
     out = np.clip(out, 0.0, None) + 1e-3
     return out / out.sum(axis=1, keepdims=True)
 
@@ -247,9 +254,74 @@ def learned_probs(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> 
     return np.clip(start + delta / members, 0.0, 1.0)
 
 
-# How the decisions enter the ensemble, by name (bench/review_sim.py --learner compares them).
-LEARNERS = {"delta": learned_probs, "rebuild": rebuilt_probs}
-LEARNER = "rebuild"  # measured: better D90 on 3 of the 4 dev settings (bench/review_sim.py)
+def suspicion_from_probs(base: RerankBase, p: np.ndarray, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """Suspicion (N,) from learned class probabilities p (N, K): 1 − p(given label), then moved
+    by how each given → suggested pair fared in review (``pair_calibration``)."""
+    n = len(labels)
+    given = base.labels
+    score = 1.0 - p[np.arange(n), given]
+    other = p.copy()
+    other[np.arange(n), given] = -np.inf
+    was_error = trusted & (labels != given)  # exclude (UNKNOWN) counts as an error found: the image left
+    return pair_calibration(score, given, other.argmax(axis=1), trusted, was_error)
+
+
+def rank01(values: np.ndarray) -> np.ndarray:
+    """(N,) → (N,) ranks scaled into (0, 1), ties by index: scores of different scales (a
+    suspicion, a probe's disagreement) become comparable without trusting their calibration."""
+    r = np.empty(len(values))
+    r[np.argsort(np.asarray(values), kind="stable")] = np.arange(len(values))
+    return (r + 0.5) / max(len(values), 1)
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = STACK_L2, iters: int = 25) -> np.ndarray:
+    """Weights (d + 1,) of an L2-penalised logistic regression of y (M,) in {0, 1} on x (M, d),
+    intercept last and unpenalised, by Newton steps (d is a handful: milliseconds)."""
+    xb = np.hstack([np.asarray(x, dtype=np.float64), np.ones((len(x), 1))])
+    pen = l2 * np.eye(xb.shape[1])
+    pen[-1, -1] = 0.0
+    w = np.zeros(xb.shape[1])
+    for _ in range(iters):
+        q = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -30, 30)))
+        hess = (xb * (q * (1 - q))[:, None]).T @ xb + pen + 1e-6 * np.eye(len(w))
+        w -= np.linalg.solve(hess, xb.T @ (q - y) + pen @ w)
+    return w
+
+
+def stack_signals(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """(N, S) rank-scaled signals the stacked learner weighs: the run's suspicion; per trusted
+    view the disagreement of a probe refitted on the corrected labels (cross-fitted over every
+    row, so a reviewed row's signal never saw its own answer); the run ensemble's low
+    confidence; the run's out-of-fold probe's and final model's disagreement."""
+    n = len(labels)
+    ar, given = np.arange(n), base.labels
+    ens = base.ensemble if base.ensemble is not None else base.cv_probs
+    cols = [rank01(base.static)]
+    cols += [rank01(1 - refit_probe(x, labels, trusted, base.n_classes, cross_fit_trusted=True)[ar, given])
+             for x in base.reduced]
+    cols += [rank01(-ens.max(axis=1)), rank01(1 - base.cv_probs[ar, given])]
+    if base.final_probs is not None:
+        cols.append(rank01(1 - base.final_probs[ar, given]))
+    return np.column_stack(cols)
+
+
+def stacked_suspicion(base: RerankBase, labels: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """Suspicion (N,) from a logistic regression, fitted on the reviewed images (was the label
+    changed?), over ``stack_signals``: the decisions teach which of the run's signals and
+    refitted probes tell errors apart on this data set."""
+    x = stack_signals(base, labels, trusted)
+    w = logistic_fit(x[trusted], (labels != base.labels)[trusted].astype(float))
+    return 1.0 / (1.0 + np.exp(-np.clip(x @ w[:-1] + w[-1], -30, 30)))
+
+
+# How the decisions become a suspicion, by name (bench/review_sim.py --learner compares them):
+# each takes (base, corrected labels (N,), trusted (N,) bool) and returns a suspicion (N,).
+LEARNERS = {
+    "delta": lambda b, lab, tr: suspicion_from_probs(b, learned_probs(b, lab, tr), lab, tr),
+    "rebuild": lambda b, lab, tr: suspicion_from_probs(b, rebuilt_probs(b, lab, tr), lab, tr),
+    "stack": stacked_suspicion,
+}
+LEARNER = "rebuild"  # measured on the dev runs only: see /work/prompts/out/wl.md and BENCHMARKS.md §3
 
 
 def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
@@ -261,19 +333,12 @@ def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.nd
     ``WARMUP`` decisions the result is the static suspicion: the learning queue starts as the run's.
     """
     reviewed = np.asarray(reviewed, dtype=np.int64)
-    if len(reviewed) < WARMUP:
-        return base.static.copy()
     if learner not in LEARNERS:
         raise InputError(f"learner {learner!r} is not one of {', '.join(LEARNERS)}")
+    if len(reviewed) < WARMUP:
+        return base.static.copy()
     labels, trusted = corrected_labels(base, reviewed, true_labels)
-    p = LEARNERS[learner](base, labels, trusted)
-    n = len(labels)
-    given = base.labels
-    score = 1.0 - p[np.arange(n), given]
-    other = p.copy()
-    other[np.arange(n), given] = -np.inf
-    was_error = trusted & (labels != given)  # exclude (UNKNOWN) counts as an error found: the image left
-    score = pair_calibration(score, given, other.argmax(axis=1), trusted, was_error)
+    score = LEARNERS[learner](base, labels, trusted)
     return np.where(trusted, base.static, score)
 
 
@@ -340,11 +405,16 @@ __all__ = [
     "learned_order",
     "learned_probs",
     "learned_suspicion",
+    "logistic_fit",
     "pair_calibration",
     "pca",
     "prepare",
+    "rank01",
     "rebuilt_probs",
     "refit_probe",
+    "stack_signals",
+    "stacked_suspicion",
     "static_order",
+    "suspicion_from_probs",
     "trusted_vote",
 ]
