@@ -112,3 +112,64 @@ def test_prepare_refuses_a_run_without_probabilities():
 def test_base_from_run_names_the_missing_file(fake_run):
     with pytest.raises(InputError, match="cv_probs.npy"):
         rerank.base_from_run(fake_run)
+
+
+def _confused_pair_world(seed=0, n=800, k=4, d=16):
+    """Clustered features; one class pair is confused (true 0 given as 1, 40 % of class 0) and
+    the run's suspicion does not see it: it is random, so only the decisions can reveal the pair."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    centres = rng.normal(size=(k, d)) * 3
+    feats = (centres[truth] + rng.normal(size=(n, d))).astype(np.float32)
+    given = truth.copy()
+    flip = (truth == 0) & (rng.random(n) < 0.4)
+    given[flip] = 1
+    static = rng.random(n)
+    cv = np.full((n, k), 0.1)
+    cv[np.arange(n), given] = 0.7
+    cv /= cv.sum(axis=1, keepdims=True)
+    return rerank.prepare(given, [feats], [cv], cv, static, knn_k=8, ensemble=cv), truth, given
+
+
+@pytest.mark.parametrize("learner", sorted(rerank.LEARNERS))
+def test_a_confused_pair_revealed_by_decisions_moves_up(learner):
+    base, truth, given = _confused_pair_world()
+    order = rerank.static_order(base.static)
+    seen = order[:rerank.WARMUP + 50]
+    lo = rerank.learned_order(base, seen, truth[seen], learner=learner)
+    wrong = truth != given
+    static_rest = order[len(seen):]
+    # the static order is random, so its head holds the pair's errors at their base rate
+    top = 100
+    assert wrong[lo[:top]].mean() > 2 * wrong[static_rest[:top]].mean()
+    # and the pair's remaining errors as a whole sit much nearer the head than in the static order
+    assert np.flatnonzero(wrong[lo]).mean() < 0.6 * np.flatnonzero(wrong[static_rest]).mean()
+
+
+def test_refit_probe_cross_fits_trusted_rows_when_asked():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 80))
+    labels = rng.integers(0, 2, 200)  # noise: only a probe that saw a row's label can agree with it
+    trusted = np.ones(200, bool)
+    shared = rerank.refit_probe(x, labels, trusted, 2, ridge=0.1)
+    crossed = rerank.refit_probe(x, labels, trusted, 2, ridge=0.1, cross_fit_trusted=True)
+    assert np.mean(shared.argmax(axis=1) == labels) > 0.75
+    assert 0.35 < np.mean(crossed.argmax(axis=1) == labels) < 0.65
+
+
+def test_logistic_fit_recovers_the_weights_and_rank01_keeps_order():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20_000, 2))
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(2 * x[:, 0] - x[:, 1] + 0.5)))).astype(float)
+    w = rerank.logistic_fit(x, y, l2=0.0)
+    np.testing.assert_allclose(w, [2.0, -1.0, 0.5], atol=0.1)
+    v = np.array([0.3, -1.0, 5.0, 0.3])
+    r = rerank.rank01(v)
+    assert r.min() > 0 and r.max() < 1
+    np.testing.assert_array_equal(np.argsort(r), [1, 0, 3, 2])
+
+
+def test_an_unknown_learner_is_refused():
+    base, _, _ = _world()
+    with pytest.raises(InputError, match="learner 'nope'"):
+        rerank.learned_suspicion(base, np.zeros(0, int), np.zeros(0, int), learner="nope")
