@@ -370,9 +370,59 @@ def test_decoded_images_match_the_cache(tmp_path, image_files):
 
 
 def test_scan_images_finds_the_skips_and_makes_thumbnails(tmp_path, image_files):
+    """The thumbnails are the readable files' (the run's rows), the same in memory and streamed
+    to a file chunk by chunk; without a thumbnail size the scan only finds the skips."""
     cached, skipped = build_image_cache(image_files, 8, tmp_path / "cache")
     events = []
     thumbs, bad = images.scan_images(image_files, 8, 4, progress=events.append, workers=2)
     assert bad == skipped and set(bad) == {9, 10, 11}
-    assert np.array_equal(thumbs, make_thumbnails(cached, 4))
+    kept = [i for i in range(len(image_files)) if i not in bad]
+    assert np.array_equal(thumbs, make_thumbnails(cached, 4, rows=kept))
     assert events[-1]["step"] == events[-1]["steps"] == len(image_files)
+    mapped, bad2 = images.scan_images(image_files, 8, 4, out=tmp_path / "thumbs.npy", workers=2)
+    assert bad2 == bad and isinstance(mapped, np.memmap)
+    assert (tmp_path / "thumbs.npy").read_bytes() == _npy_bytes(thumbs)
+    assert images.scan_images(image_files, 8, workers=2) == (None, bad)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_scan_images_of_only_unreadable_files(tmp_path):
+    bad = [tmp_path / "a.png", tmp_path / "b.png"]
+    for f in bad:
+        f.write_bytes(b"not an image")
+    thumbs, skipped = images.scan_images(bad, 8, 4, out=tmp_path / "thumbs.npy", workers=1)
+    assert thumbs.shape == (0, 4, 4, 3) and set(skipped) == {0, 1}
+    assert np.load(tmp_path / "thumbs.npy").shape == (0, 4, 4, 3)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, None])
+def test_thumbnails_in_chunks_are_the_one_array_byte_for_byte(tmp_path, chunk):
+    """write_thumbnails streams chunk by chunk: the file is np.save of make_thumbnails' array
+    (the path before streaming), for any chunk size, any rows and either shrink or none."""
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    for size, rows in ((4, None), (16, np.array([6, 0, 2, 2, 5])), (64, [1])):
+        out = images.write_thumbnails(tmp_path / "thumbs.npy", imgs, size, rows, chunk=chunk)
+        assert out.read_bytes() == _npy_bytes(make_thumbnails(imgs, size, rows))
+        pieces = list(images.thumbnail_chunks(imgs, size, rows, chunk=chunk))
+        assert all(len(p) <= (chunk or len(imgs)) for p in pieces)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_thumbnails_reads_the_memmap_one_chunk_at_a_time(tmp_path, monkeypatch):
+    """Peak memory is one chunk: make_thumbnails is asked for at most ``chunk`` rows per call."""
+    imgs = np.lib.format.open_memmap(tmp_path / "cache.npy", mode="w+", dtype=np.uint8, shape=(10, 8, 8, 3))
+    imgs[:] = np.arange(10, dtype=np.uint8)[:, None, None, None]
+    imgs.flush()
+    cache = np.load(tmp_path / "cache.npy", mmap_mode="r")
+    sizes = []
+    real = images.make_thumbnails
+    monkeypatch.setattr(images, "make_thumbnails", lambda a, s, rows=None: sizes.append(len(rows)) or real(a, s, rows))
+    images.write_thumbnails(tmp_path / "thumbs.npy", cache, 4, np.arange(10), chunk=3)
+    assert sizes == [3, 3, 3, 1]
+    assert np.array_equal(np.load(tmp_path / "thumbs.npy")[:, 0, 0, 0], np.arange(10))
