@@ -426,3 +426,39 @@ def test_write_thumbnails_reads_the_memmap_one_chunk_at_a_time(tmp_path, monkeyp
     images.write_thumbnails(tmp_path / "thumbs.npy", cache, 4, np.arange(10), chunk=3)
     assert sizes == [3, 3, 3, 1]
     assert np.array_equal(np.load(tmp_path / "thumbs.npy")[:, 0, 0, 0], np.arange(10))
+
+
+def test_release_pages_leaves_values_and_private_maps_alone(tmp_path):
+    """Released pages read back the same; a copy-on-write map keeps its own changes."""
+    np.save(tmp_path / "a.npy", np.arange(4096 * 3, dtype=np.uint8).reshape(3, 4096))
+    ro = np.load(tmp_path / "a.npy", mmap_mode="r")
+    before = np.array(ro)
+    images.release_pages(ro)
+    assert np.array_equal(ro, before)
+    cow = np.load(tmp_path / "a.npy", mmap_mode="c")
+    cow[0, 0] = 77
+    images.release_pages(cow)
+    assert cow[0, 0] == 77
+    images.release_pages(before)                 # a plain array: nothing to do
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_release_pages_takes_read_pages_out_of_the_resident_set(tmp_path):
+    path = (tmp_path / "cache.npy").resolve()
+    np.save(path, np.ones((64, 64 * 1024), np.uint8))          # 4 MiB
+    cache = np.load(path, mmap_mode="r")
+    assert int(cache.sum()) == 64 * 64 * 1024                    # every page read
+    assert _mapped_kb(path) >= 4000
+    images.release_pages(cache)
+    assert _mapped_kb(path) < 100

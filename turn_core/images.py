@@ -442,15 +442,31 @@ def make_thumbnails(images: np.ndarray, size: int, rows: np.ndarray | None = Non
 def thumbnail_chunks(images: np.ndarray, size: int, rows: np.ndarray | None = None,
                      chunk: int | None = None):
     """``make_thumbnails(images, size, rows)`` in consecutive pieces of ``chunk`` rows (default:
-    about ``rundir.CHUNK_BYTES`` of thumbnails each): yields (m, T, T, 3) uint8 arrays whose
-    concatenation is the one array, so a writer holds one piece at a time."""
+    as many as make about ``rundir.CHUNK_BYTES`` of source images): yields (m, T, T, 3) uint8
+    arrays whose concatenation is the one array, so a writer holds one piece at a time. The
+    source's pages read for a piece are released after it (``release_pages``)."""
     from .rundir import chunk_rows
 
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
-    t = min(int(size), images.shape[1])
-    step = chunk or chunk_rows(t * t * 3)
+    # the source rows read per piece are the larger ones, so they set its size
+    step = chunk or chunk_rows(int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize)
     for lo in range(0, len(rows), step):
-        yield make_thumbnails(images, size, rows[lo:lo + step])
+        piece = make_thumbnails(images, size, rows[lo:lo + step])
+        release_pages(images)
+        yield piece
+
+
+def release_pages(images) -> None:
+    """Take the pages of a read-only memmap (``np.load(..., mmap_mode="r")``) that this process
+    has read out of its resident set; they stay in the page cache, and a later read maps them
+    again without disk I/O. Mapped pages count in RSS, so reading a whole 1M-image cache once
+    would otherwise show as its full size. Anything else (an array, a writable or
+    copy-on-write map, whose private pages this would throw away) is left alone."""
+    import mmap
+
+    base = getattr(images, "base", None)
+    if getattr(images, "mode", None) == "r" and isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def write_thumbnails(path: str | Path, images: np.ndarray, size: int, rows: np.ndarray | None = None,
@@ -467,4 +483,5 @@ def write_thumbnails(path: str | Path, images: np.ndarray, size: int, rows: np.n
 
 __all__ = ["DISK_RESERVE_BYTES", "MAX_IMAGE_PIXELS", "DecodedImages", "ImageSkip", "build_image_cache",
            "cache_bytes", "cache_fits", "cache_key", "cache_paths", "cache_ready", "free_disk_bytes", "load_rgb",
-           "make_thumbnails", "resize_square", "scan_images", "thumbnail_chunks", "write_thumbnails"]
+           "make_thumbnails", "release_pages", "resize_square", "scan_images", "thumbnail_chunks",
+           "write_thumbnails"]
