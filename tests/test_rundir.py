@@ -502,3 +502,51 @@ def test_atomic_save_npy_writes_what_np_load_reads(tmp_path, arr):
     assert back.dtype == arr.dtype and np.array_equal(back, arr)
     if np.asarray(arr).flags.c_contiguous:
         assert (tmp_path / "a.npy").read_bytes() == _np_save_bytes(arr)
+
+
+def test_a_csv_changed_after_its_parquet_is_read_again(tmp_path, monkeypatch):
+    """A CSV edited by hand (or written by an older version rerun in the folder, which leaves
+    the Parquet alone) is not the one the Parquet holds: it is converted again. The writer's own
+    pair, and a copy of the folder, are not."""
+    import shutil
+
+    from turn_core import rundir
+
+    w = RunWriter(tmp_path / "r")
+    _write_samples(w)
+    w.close()
+    calls = []
+    real = rundir.samples_csv_to_parquet
+    monkeypatch.setattr(rundir, "samples_csv_to_parquet", lambda *a: calls.append(a) or real(*a))
+    shutil.copytree(tmp_path / "r", tmp_path / "copy")
+    assert Run(tmp_path / "r").samples()["given_label"][0] == "cat" and calls == []
+    assert Run(tmp_path / "copy").samples()["given_label"][0] == "cat" and calls == []
+    p = tmp_path / "r" / "samples.csv"
+    p.write_text(p.read_text(encoding="utf-8").replace(",cat,", ",lynx,", 1), encoding="utf-8")
+    assert Run(tmp_path / "r").samples()["given_label"][0] == "lynx" and len(calls) == 1
+    assert Run(tmp_path / "r").samples(columns=["given_label"])["given_label"][0] == "lynx" and len(calls) == 1
+
+
+def test_a_reader_between_the_two_renames_reads_the_new_table(tmp_path, monkeypatch):
+    """write_samples renames the CSV, then the Parquet: a reader in between sees the new CSV
+    beside the old Parquet and reads the new table, not the old one."""
+    import os as _os
+    from pathlib import Path
+
+    from turn_core import rundir
+
+    w = RunWriter(tmp_path)
+    a = _write_samples(w)
+    seen = []
+    real = _os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst).name.startswith("samples.") and not seen:    # after the first of the two
+            seen.append(Run(tmp_path).samples()["suspicion"].tolist())
+
+    monkeypatch.setattr(rundir.os, "replace", replace)
+    w.write_samples(**{**a, "suspicion": 1 - a["suspicion"]})
+    w.close()
+    assert np.allclose(seen[0], 1 - a["suspicion"], atol=2e-6)
+    assert Run(tmp_path).samples()["suspicion"].tolist() == seen[0]

@@ -20,7 +20,9 @@ Layout (every file optional until the run reaches the step that writes it)::
                            final table replaces it whole (same rows, same order) at the end and
                            sets "provisional": false
       samples.csv          the same table as text, for other tools (floats with 6 decimals,
-                           knn_agreement 4; CRLF rows); written with the Parquet, read by no page
+                           knn_agreement 4; CRLF rows); written with the Parquet, read by no page.
+                           The Parquet records which CSV it holds: a CSV changed since (by hand,
+                           or by an older version rerun in the folder) is converted again
       metrics.json         test accuracy; flag precision/recall/F1/AUROC when the true labels are known
       gmm.json             [{"epoch", "means", "variances", "weights", "clean_component", "tau"}]
       features_pre.npy     float16 (N, D): pretrained features of the training images
@@ -265,6 +267,10 @@ _read_json = read_json
 # --------------------------------------------------------------------------- the samples table
 SAMPLES_PARQUET, SAMPLES_CSV = "samples.parquet", "samples.csv"
 SAMPLES_CHUNK_ROWS = 65_536   # rows per Parquet row group / CSV chunk the writers hold at a time
+# samples.parquet's key-value metadata: "<size>:<mtime_ns>" of the samples.csv it holds. A CSV
+# that differs (edited by hand, written by an older version that knows no Parquet) is converted
+# again; a copied run folder (copy2 keeps both) is not.
+_CSV_KEY = b"turn_audit.samples_csv"
 _TEXT_COLUMNS = {"path", "given_label", "predicted_label", "suggested_label", "true_label", *_OLD_COLUMNS}
 _INT8_COLUMNS = {"flagged", "is_noisy"}
 # Column types of samples.parquet: "index" int64, labels and paths string (Parquet stores them
@@ -330,6 +336,20 @@ def _text_columns(chunk: dict, start: int, classes: list[str], n_fft: int, has_t
     return cols
 
 
+def _csv_identity(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _is_of_csv(table, csv_path: Path) -> bool:
+    """False when samples.csv exists and is not the one the Parquet ``table`` was written with."""
+    try:
+        st = os.stat(csv_path)
+    except FileNotFoundError:
+        return True    # nothing to compare: the Parquet is the table
+    recorded = (table.metadata.metadata or {}).get(_CSV_KEY)
+    return recorded is None or recorded.decode() == _csv_identity(st)
+
+
 def _arrow_column(name: str, cells: list):
     """samples.csv's cells of one column as the Parquet's array (floats: the text parsed)."""
     import pyarrow as pa
@@ -351,10 +371,11 @@ def samples_file(run_dir: str | Path) -> Path | None:
     return None
 
 
-def read_samples_csv(path: str | Path, columns: list[str] | None = None, *, chunksize: int | None = None):
-    """samples.csv as a DataFrame (or, with ``chunksize``, an iterator of them): text columns
-    str, empty cells "" (not NaN), an old ``clean_label`` column named ``true_label``.
-    ``columns``: only these (names the file lacks are left out; order as given)."""
+def read_samples_csv(path, columns: list[str] | None = None, *, chunksize: int | None = None):
+    """samples.csv (a path or an open binary file) as a DataFrame (or, with ``chunksize``, an
+    iterator of them): text columns str, empty cells "" (not NaN), an old ``clean_label``
+    column named ``true_label``. ``columns``: only these (names the file lacks are left out;
+    order as given)."""
     import pandas as pd
 
     want = None
@@ -381,16 +402,19 @@ def samples_csv_to_parquet(csv_path: str | Path, parquet_path: str | Path) -> Pa
     parquet_path = Path(parquet_path)
     tmp = _temp_name(parquet_path)
     try:
-        out = None
-        for df in read_samples_csv(csv_path, chunksize=SAMPLES_CHUNK_ROWS):
-            schema = pa.schema([(c, parquet_type(c)) for c in df.columns])
-            if out is None:
-                out = pq.ParquetWriter(tmp, schema)
-            out.write_table(pa.table([pa.array(df[c].to_numpy()).cast(t) for c, t in zip(df.columns, schema.types)],
-                                     schema=schema))
-        if out is None:   # a header-only CSV: no rows, its columns
-            names = read_samples_csv(csv_path).columns
-            out = pq.ParquetWriter(tmp, pa.schema([(c, parquet_type(c)) for c in names]))
+        with open(csv_path, "rb") as f:   # one open file: the identity recorded is of what was read
+            csv_id = _csv_identity(os.fstat(f.fileno()))
+            out = None
+            for df in read_samples_csv(f, chunksize=SAMPLES_CHUNK_ROWS):
+                schema = pa.schema([(c, parquet_type(c)) for c in df.columns])
+                if out is None:
+                    out = pq.ParquetWriter(tmp, schema)
+                out.write_table(pa.table([pa.array(df[c].to_numpy()).cast(t)
+                                          for c, t in zip(df.columns, schema.types)], schema=schema))
+            if out is None:   # a header-only CSV: no rows, its columns
+                f.seek(0)
+                out = pq.ParquetWriter(tmp, pa.schema([(c, parquet_type(c)) for c in read_samples_csv(f).columns]))
+        out.add_key_value_metadata({_CSV_KEY: csv_id})
         out.close()
         _fsync_path(tmp)
         os.replace(tmp, parquet_path)
@@ -403,8 +427,9 @@ def samples_csv_to_parquet(csv_path: str | Path, parquet_path: str | Path) -> Pa
 def open_samples(run_dir: str | Path):
     """The samples table of ``run_dir`` to read columns from: a ``pyarrow.parquet.ParquetFile``
     (held open, so a table that replaces it later cannot mix in), or None before the run wrote
-    one. An older run's samples.csv is converted to samples.parquet first (once: the next open
-    finds it); when that fails (a folder that cannot be written), the CSV read whole, a DataFrame.
+    one. A samples.csv the Parquet was not written with (an older run's, with no Parquet, or one
+    changed since) is converted to samples.parquet first (once: the next open finds it); when
+    that fails (a folder that cannot be written), the CSV read whole, a DataFrame.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -420,11 +445,12 @@ def open_samples(run_dir: str | Path):
         return pq.ParquetFile(f, read_dictionary=[c for c in names if c in _TEXT_COLUMNS and c != "path"])
 
     try:
-        return parquet()
+        table = parquet()
+        if _is_of_csv(table, run_dir / SAMPLES_CSV):
+            return table
     except FileNotFoundError:
-        pass
-    if not (run_dir / SAMPLES_CSV).exists():
-        return None
+        if not (run_dir / SAMPLES_CSV).exists():
+            return None
     try:
         samples_csv_to_parquet(run_dir / SAMPLES_CSV, run_dir / SAMPLES_PARQUET)
         return parquet()
@@ -470,7 +496,7 @@ class RunWriter:
     # Files one run writes; a new run in the same folder removes the previous run's first so
     # nothing stale (events, features, review decisions of other samples) mixes in.
     # samples.parquet comes after samples.csv: while reset removes them, a reader never finds a
-    # CSV without its Parquet (which it would convert, bringing the old table back).
+    # CSV without its Parquet (which it would convert, bringing the old table back for a while).
     RUN_FILES = ("events.jsonl", "samples.csv", "samples.parquet", "metrics.json", "gmm.json", "features_pre.npy",
                  "features_post.npy", "probs.npy", "cv_probs.npy", "ensemble_probs.npy", "thumbs.npy",
                  "model.safetensors", "skipped.csv", "run.log", "config.json", "review.json",
@@ -578,10 +604,12 @@ class RunWriter:
         ``write_samples`` always wrote; the Parquet holds the same values (its floats are that
         text parsed, see ``parquet_type``). Returns the path of samples.csv.
 
-        Both tables are written whole under temporary names, then renamed, the Parquet first:
-        readers read the Parquet, and a CSV without a Parquet beside it is then always an older
-        run's (which ``Run.samples`` converts). Only then does status.json say
-        ``"provisional": provisional``: a reader that sees the flag finds the table it names.
+        Both tables are written whole under temporary names, then renamed, the CSV first; the
+        Parquet records which CSV it was written with (size, modification time). A reader
+        between the renames finds a Parquet that is not the CSV's and converts the new CSV
+        itself (``open_samples``): it reads the new table either way, never a mix. Only then
+        does status.json say ``"provisional": provisional``: a reader that sees the flag finds
+        the table it names.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -591,20 +619,23 @@ class RunWriter:
         pq_path, csv_path = self.dir / SAMPLES_PARQUET, self.dir / SAMPLES_CSV
         pq_tmp, csv_tmp = _temp_name(pq_path), _temp_name(csv_path)
         try:
-            with open(csv_tmp, "w", encoding="utf-8", newline="") as f, pq.ParquetWriter(pq_tmp, schema) as out:
-                w = csv.writer(f, lineterminator="\r\n")   # see csv_text: CRLF rows
-                w.writerow(header)
-                start = 0
-                for chunk in chunks:
-                    text = _text_columns(chunk, start, classes, n_fft, has_true)
-                    w.writerows(zip(*text.values()))
-                    out.write_table(pa.table([_arrow_column(c, v) for c, v in text.items()], schema=schema))
-                    start += len(text["index"])
-                f.flush()
-                os.fsync(f.fileno())
+            with pq.ParquetWriter(pq_tmp, schema) as out:
+                with open(csv_tmp, "w", encoding="utf-8", newline="") as f:
+                    w = csv.writer(f, lineterminator="\r\n")   # see csv_text: CRLF rows
+                    w.writerow(header)
+                    start = 0
+                    for chunk in chunks:
+                        text = _text_columns(chunk, start, classes, n_fft, has_true)
+                        w.writerows(zip(*text.values()))
+                        out.write_table(pa.table([_arrow_column(c, v) for c, v in text.items()], schema=schema))
+                        start += len(text["index"])
+                    f.flush()
+                    os.fsync(f.fileno())
+                    csv_id = _csv_identity(os.fstat(f.fileno()))   # a rename keeps size and mtime
+                out.add_key_value_metadata({_CSV_KEY: csv_id})
             _fsync_path(pq_tmp)
-            os.replace(pq_tmp, pq_path)
             os.replace(csv_tmp, csv_path)
+            os.replace(pq_tmp, pq_path)
         except BaseException:
             pq_tmp.unlink(missing_ok=True)
             csv_tmp.unlink(missing_ok=True)
