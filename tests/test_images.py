@@ -370,9 +370,95 @@ def test_decoded_images_match_the_cache(tmp_path, image_files):
 
 
 def test_scan_images_finds_the_skips_and_makes_thumbnails(tmp_path, image_files):
+    """The thumbnails are the readable files' (the run's rows), the same in memory and streamed
+    to a file chunk by chunk; without a thumbnail size the scan only finds the skips."""
     cached, skipped = build_image_cache(image_files, 8, tmp_path / "cache")
     events = []
     thumbs, bad = images.scan_images(image_files, 8, 4, progress=events.append, workers=2)
     assert bad == skipped and set(bad) == {9, 10, 11}
-    assert np.array_equal(thumbs, make_thumbnails(cached, 4))
+    kept = [i for i in range(len(image_files)) if i not in bad]
+    assert np.array_equal(thumbs, make_thumbnails(cached, 4, rows=kept))
     assert events[-1]["step"] == events[-1]["steps"] == len(image_files)
+    mapped, bad2 = images.scan_images(image_files, 8, 4, out=tmp_path / "thumbs.npy", workers=2)
+    assert bad2 == bad and isinstance(mapped, np.memmap)
+    assert (tmp_path / "thumbs.npy").read_bytes() == _npy_bytes(thumbs)
+    assert images.scan_images(image_files, 8, workers=2) == (None, bad)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_scan_images_of_only_unreadable_files(tmp_path):
+    bad = [tmp_path / "a.png", tmp_path / "b.png"]
+    for f in bad:
+        f.write_bytes(b"not an image")
+    thumbs, skipped = images.scan_images(bad, 8, 4, out=tmp_path / "thumbs.npy", workers=1)
+    assert thumbs.shape == (0, 4, 4, 3) and set(skipped) == {0, 1}
+    assert np.load(tmp_path / "thumbs.npy").shape == (0, 4, 4, 3)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, None])
+def test_thumbnails_in_chunks_are_the_one_array_byte_for_byte(tmp_path, chunk):
+    """write_thumbnails streams chunk by chunk: the file is np.save of make_thumbnails' array
+    (the path before streaming), for any chunk size, any rows and either shrink or none."""
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    for size, rows in ((4, None), (16, np.array([6, 0, 2, 2, 5])), (64, [1])):
+        out = images.write_thumbnails(tmp_path / "thumbs.npy", imgs, size, rows, chunk=chunk)
+        assert out.read_bytes() == _npy_bytes(make_thumbnails(imgs, size, rows))
+        pieces = list(images.thumbnail_chunks(imgs, size, rows, chunk=chunk))
+        assert all(len(p) <= (chunk or len(imgs)) for p in pieces)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_thumbnails_reads_the_memmap_one_chunk_at_a_time(tmp_path, monkeypatch):
+    """Peak memory is one chunk: make_thumbnails is asked for at most ``chunk`` rows per call."""
+    imgs = np.lib.format.open_memmap(tmp_path / "cache.npy", mode="w+", dtype=np.uint8, shape=(10, 8, 8, 3))
+    imgs[:] = np.arange(10, dtype=np.uint8)[:, None, None, None]
+    imgs.flush()
+    cache = np.load(tmp_path / "cache.npy", mmap_mode="r")
+    sizes = []
+    real = images.make_thumbnails
+    monkeypatch.setattr(images, "make_thumbnails", lambda a, s, rows=None: sizes.append(len(rows)) or real(a, s, rows))
+    images.write_thumbnails(tmp_path / "thumbs.npy", cache, 4, np.arange(10), chunk=3)
+    assert sizes == [3, 3, 3, 1]
+    assert np.array_equal(np.load(tmp_path / "thumbs.npy")[:, 0, 0, 0], np.arange(10))
+
+
+def test_release_pages_leaves_values_and_private_maps_alone(tmp_path):
+    """Released pages read back the same; a copy-on-write map keeps its own changes."""
+    np.save(tmp_path / "a.npy", np.arange(4096 * 3, dtype=np.uint8).reshape(3, 4096))
+    ro = np.load(tmp_path / "a.npy", mmap_mode="r")
+    before = np.array(ro)
+    images.release_pages(ro)
+    assert np.array_equal(ro, before)
+    cow = np.load(tmp_path / "a.npy", mmap_mode="c")
+    cow[0, 0] = 77
+    images.release_pages(cow)
+    assert cow[0, 0] == 77
+    images.release_pages(before)                 # a plain array: nothing to do
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_release_pages_takes_read_pages_out_of_the_resident_set(tmp_path):
+    path = (tmp_path / "cache.npy").resolve()
+    np.save(path, np.ones((64, 64 * 1024), np.uint8))          # 4 MiB
+    cache = np.load(path, mmap_mode="r")
+    assert int(cache.sum()) == 64 * 64 * 1024                    # every page read
+    assert _mapped_kb(path) >= 4000
+    images.release_pages(cache)
+    assert _mapped_kb(path) < 100

@@ -242,7 +242,7 @@ def test_samples_table_then_its_provisional_flag(tmp_path, monkeypatch):
     real = w.update_status
 
     def spy(**fields):
-        seen.append((fields, (tmp_path / "samples.csv").exists()))
+        seen.append((fields, (tmp_path / "samples.csv").exists() and (tmp_path / "samples.parquet").exists()))
         real(**fields)
 
     monkeypatch.setattr(w, "update_status", spy)
@@ -260,3 +260,293 @@ def test_an_older_run_without_the_flag_holds_its_final_table(tmp_path):
     w.set_status("finished", method="turn")
     w.close()
     assert not Run(tmp_path).provisional and Run(tmp_path).table == "final"
+
+
+# --------------------------------------------------------------------------- samples.parquet
+def _big_arrays(n=300, n_fft=2, seed=1):
+    """Arrays as the pipeline passes them, with the awkward cases: float32 and bool inputs,
+    labels holding the CSV's separator, a quote and a bare carriage return."""
+    rng = np.random.default_rng(seed)
+    classes = ["cat", "b,c", 'q"x', "é", "d\re"]
+    return {"paths": [f"p/{i},x.png" for i in range(n)], "classes": classes, "given": rng.integers(0, 5, n),
+            "predicted": rng.integers(0, 5, n), "suggested": rng.integers(0, 5, n),
+            "suspicion": rng.random(n).astype(np.float32), "clean_prob": rng.random(n),
+            "flagged": rng.random(n) < 0.3, "confidence": rng.random(n), "margin": rng.random(n) * 2 - 1,
+            "knn_agreement": rng.random(n).astype(np.float32), "losses": rng.exponential(size=(1 + n_fft, n)),
+            "true": rng.integers(0, 5, n)}
+
+
+def _csv_row_by_row(a) -> bytes:
+    """samples.csv as write_samples wrote it before streaming: one row at a time, one string."""
+    from turn_core.rundir import csv_text
+
+    c, losses = a["classes"], a["losses"]
+    header = SAMPLE_COLUMNS + [f"loss_fft_{e}" for e in range(1, len(losses))] + OPTIONAL_COLUMNS
+    rows = []
+    for i in range(len(a["paths"])):
+        rows.append([i, a["paths"][i], c[a["given"][i]], c[a["predicted"][i]], c[a["suggested"][i]],
+                     f"{a['suspicion'][i]:.6f}", f"{a['clean_prob'][i]:.6f}", int(a["flagged"][i]),
+                     f"{a['confidence'][i]:.6f}", f"{a['margin'][i]:.6f}", f"{a['knn_agreement'][i]:.4f}"]
+                    + [f"{losses[e][i]:.6f}" for e in range(len(losses))]
+                    + [c[a["true"][i]], int(a["true"][i] != a["given"][i])])
+    return csv_text(header, rows).encode("utf-8")
+
+
+def test_streamed_csv_is_the_text_written_row_by_row(tmp_path):
+    a = _big_arrays()
+    w = RunWriter(tmp_path)
+    w.write_samples(**a, chunk_rows=7)
+    w.close()
+    assert (tmp_path / "samples.csv").read_bytes() == _csv_row_by_row(a)
+
+
+def test_parquet_and_csv_hold_the_same_values(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from turn_core.rundir import read_samples_csv
+
+    a = _big_arrays()
+    w = RunWriter(tmp_path)
+    w.write_samples(**a)
+    w.close()
+    from_parquet = Run(tmp_path).samples()
+    from_csv = read_samples_csv(tmp_path / "samples.csv")
+    pd.testing.assert_frame_equal(from_parquet, from_csv)   # same dtypes, the very same floats
+    assert from_parquet["given_label"].tolist() == [a["classes"][g] for g in a["given"]]
+    assert from_parquet["suspicion"].tolist() == [float(f"{v:.6f}") for v in a["suspicion"].tolist()]
+    schema = pq.read_schema(tmp_path / "samples.parquet")
+    assert schema.field("flagged").type == pa.int8() and schema.field("is_noisy").type == pa.int8()
+    assert schema.field("given_label").type == pa.string() and schema.field("loss_fft_2").type == pa.float64()
+    assert str(from_parquet["path"].dtype) == "str" and from_parquet["flagged"].dtype == np.int64
+
+
+def test_a_streaming_writer_gives_the_same_files_for_any_chunk_size(tmp_path):
+    import pyarrow.parquet as pq
+
+    a = _big_arrays(n=50)
+    files = {}
+    for rows in (3, 50, 10_000):
+        w = RunWriter(tmp_path / str(rows))
+        w.write_samples(**a, chunk_rows=rows)
+        w.close()
+        files[rows] = (tmp_path / str(rows) / "samples.csv").read_bytes(), pq.read_table(tmp_path / str(rows) / "samples.parquet")
+    assert pq.ParquetFile(tmp_path / "3" / "samples.parquet").metadata.num_row_groups == 17   # one per chunk
+    for rows in (50, 10_000):
+        assert files[rows][0] == files[3][0]
+        assert files[rows][1].equals(files[3][1])
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_write_samples_chunks_takes_an_iterator(tmp_path):
+    """bench/scale.py's path: chunks made one at a time, never the whole table."""
+    a = _big_arrays(n=40, n_fft=1)
+    keys = ["paths", "given", "predicted", "suggested", "suspicion", "clean_prob", "flagged", "confidence",
+            "margin", "knn_agreement", "true"]
+    made = []
+
+    def chunks():
+        for lo in range(0, 40, 16):
+            made.append(lo)
+            yield {**{k: a[k][lo:lo + 16] for k in keys}, "losses": a["losses"][:, lo:lo + 16]}
+
+    w = RunWriter(tmp_path / "it")
+    w.write_samples_chunks(chunks(), classes=a["classes"], n_fft=1, has_true=True)
+    w.close()
+    assert made == [0, 16, 32]
+    assert (tmp_path / "it" / "samples.csv").read_bytes() == _csv_row_by_row(a)
+    assert Run(tmp_path / "it").samples()["index"].tolist() == list(range(40))
+
+
+def test_write_samples_refuses_arrays_of_other_lengths(tmp_path):
+    a = _big_arrays(n=10)
+    w = RunWriter(tmp_path)
+    with pytest.raises(InputError, match="margin holds 9 rows"):
+        w.write_samples(**{**a, "margin": a["margin"][:9]})
+    w.close()
+    assert not list(tmp_path.glob("samples.*")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_samples_columns_reads_only_those_columns_of_the_parquet(tmp_path, monkeypatch):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    _write_samples(RunWriter(tmp_path))
+    asked = []
+    real = pq.ParquetFile.read
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, columns=None, **kw: asked.append(columns)
+                        or real(self, columns=columns, **kw))
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: pytest.fail("the CSV was read"))
+    run = Run(tmp_path)
+    s = run.samples(columns=["suspicion", "given_label", "no_such_column"])
+    assert list(s.columns) == ["suspicion", "given_label"]
+    assert asked == [["given_label", "suspicion"]]          # in file order; nothing else read
+    assert s["given_label"].tolist() == ["cat", "dog", "fox", "dog", "cat"]
+
+
+def test_an_older_csv_only_run_gets_its_parquet_once(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from turn_core import rundir
+
+    w = RunWriter(tmp_path)
+    _write_samples(w)
+    w.close()
+    expect = Run(tmp_path).samples()
+    (tmp_path / "samples.parquet").unlink()                # as a run from before Parquet
+    p = tmp_path / "samples.csv"
+    p.write_text(p.read_text(encoding="utf-8").replace(",true_label,", ",clean_label,", 1), encoding="utf-8")
+    before = p.read_bytes()
+    got = Run(tmp_path).samples()
+    pd.testing.assert_frame_equal(got, expect)
+    assert (tmp_path / "samples.parquet").exists() and p.read_bytes() == before
+    monkeypatch.setattr(rundir, "samples_csv_to_parquet", lambda *a: pytest.fail("converted twice"))
+    assert Run(tmp_path).samples(columns=["true_label"])["true_label"].tolist() == expect["true_label"].tolist()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_older_run_in_a_folder_that_cannot_be_written_reads_its_csv(tmp_path, monkeypatch):
+    from turn_core import rundir
+
+    w = RunWriter(tmp_path)
+    a = _write_samples(w)
+    w.close()
+    (tmp_path / "samples.parquet").unlink()
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rundir, "_temp_name", refuse)     # as a read-only folder (root ignores modes)
+    run = Run(tmp_path)
+    assert run.samples(columns=["path", "flagged"])["path"].tolist() == a["paths"]
+    assert run.samples()["is_noisy"].tolist() == [0, 1, 0, 0, 1]
+    assert not (tmp_path / "samples.parquet").exists()
+
+
+def test_one_run_object_never_mixes_the_provisional_and_final_tables(tmp_path):
+    """A Run reads every column set from the table it opened first, even once the final table
+    has replaced it on disk; a new Run reads the final table."""
+    w = RunWriter(tmp_path)
+    w.set_status("running", method="turn")
+    a = _write_samples(w, n_fft=0)
+    w.write_samples(**{**a, "losses": a["losses"][:1]}, provisional=True)
+    early = Run(tmp_path)
+    first = early.samples(columns=["suspicion"])["suspicion"].tolist()
+    w.write_samples(**{**a, "suspicion": 1 - a["suspicion"], "losses": np.vstack([a["losses"][:1]] * 2)})
+    w.close()
+    assert early.samples(columns=["suspicion"])["suspicion"].tolist() == first
+    assert "loss_fft_1" not in early.samples().columns
+    assert early.samples(columns=["index", "suspicion"])["suspicion"].tolist() == first
+    late = Run(tmp_path)
+    assert np.allclose(late.samples()["suspicion"], 1 - np.array(first), atol=2e-6)
+    assert "loss_fft_1" in late.samples().columns and not late.provisional
+
+
+def test_no_table_yet_is_not_cached(tmp_path):
+    run = Run(tmp_path)
+    assert run.samples() is None
+    _write_samples(RunWriter(tmp_path))
+    assert run.samples()["index"].tolist() == list(range(5))
+
+
+def test_reset_removes_the_parquet(tmp_path):
+    w = RunWriter(tmp_path)
+    _write_samples(w)
+    w.reset()
+    assert not (tmp_path / "samples.csv").exists() and not (tmp_path / "samples.parquet").exists()
+    w.close()
+
+
+# --------------------------------------------------------------------------- .npy in chunks
+def _np_save_bytes(arr) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_npy_in_chunks_is_np_save_of_the_whole(tmp_path):
+    from turn_core.rundir import row_chunks, write_npy_chunks
+
+    feats = np.random.default_rng(0).normal(size=(37, 5)).astype(np.float32)
+    want = _np_save_bytes(feats.astype(np.float16))
+    for rows in (1, 8, 37, 100):
+        write_npy_chunks(tmp_path / "f.npy", feats.shape, np.float16, row_chunks(feats, rows))
+        assert (tmp_path / "f.npy").read_bytes() == want
+    write_npy_chunks(tmp_path / "g.npy", (None, 5), np.float16, row_chunks(feats, 10))   # rows counted
+    assert (tmp_path / "g.npy").read_bytes() == want
+    loaded = Run(tmp_path)._npy("f.npy")
+    assert isinstance(loaded, np.memmap) and loaded.dtype == np.float16    # read lazily
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_npy_in_chunks_refuses_rows_that_do_not_fit(tmp_path):
+    from turn_core.rundir import write_npy_chunks
+
+    with pytest.raises(InputError, match="hold 6 rows, not 7"):
+        write_npy_chunks(tmp_path / "f.npy", (7, 2), np.float32, [np.zeros((4, 2)), np.zeros((2, 2))])
+    with pytest.raises(InputError, match="does not hold rows of shape"):
+        write_npy_chunks(tmp_path / "f.npy", (4, 2), np.float32, [np.zeros((4, 3))])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("arr", [np.arange(12, dtype=np.int64).reshape(3, 4), np.eye(3, dtype=np.float32)[:, ::2],
+                                 np.array([True, False]), np.float64(2.5), np.zeros((0, 4), np.uint8)])
+def test_atomic_save_npy_writes_what_np_load_reads(tmp_path, arr):
+    from turn_core.rundir import atomic_save_npy
+
+    atomic_save_npy(tmp_path / "a.npy", arr)
+    back = np.load(tmp_path / "a.npy")
+    assert back.dtype == arr.dtype and np.array_equal(back, arr)
+    if np.asarray(arr).flags.c_contiguous:
+        assert (tmp_path / "a.npy").read_bytes() == _np_save_bytes(arr)
+
+
+def test_a_csv_changed_after_its_parquet_is_read_again(tmp_path, monkeypatch):
+    """A CSV edited by hand (or written by an older version rerun in the folder, which leaves
+    the Parquet alone) is not the one the Parquet holds: it is converted again. The writer's own
+    pair, and a copy of the folder, are not."""
+    import shutil
+
+    from turn_core import rundir
+
+    w = RunWriter(tmp_path / "r")
+    _write_samples(w)
+    w.close()
+    calls = []
+    real = rundir.samples_csv_to_parquet
+    monkeypatch.setattr(rundir, "samples_csv_to_parquet", lambda *a: calls.append(a) or real(*a))
+    shutil.copytree(tmp_path / "r", tmp_path / "copy")
+    assert Run(tmp_path / "r").samples()["given_label"][0] == "cat" and calls == []
+    assert Run(tmp_path / "copy").samples()["given_label"][0] == "cat" and calls == []
+    p = tmp_path / "r" / "samples.csv"
+    p.write_text(p.read_text(encoding="utf-8").replace(",cat,", ",lynx,", 1), encoding="utf-8")
+    assert Run(tmp_path / "r").samples()["given_label"][0] == "lynx" and len(calls) == 1
+    assert Run(tmp_path / "r").samples(columns=["given_label"])["given_label"][0] == "lynx" and len(calls) == 1
+
+
+def test_a_reader_between_the_two_renames_reads_the_new_table(tmp_path, monkeypatch):
+    """write_samples renames the CSV, then the Parquet: a reader in between sees the new CSV
+    beside the old Parquet and reads the new table, not the old one."""
+    import os as _os
+    from pathlib import Path
+
+    from turn_core import rundir
+
+    w = RunWriter(tmp_path)
+    a = _write_samples(w)
+    seen = []
+    real = _os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst).name.startswith("samples.") and not seen:    # after the first of the two
+            seen.append(Run(tmp_path).samples()["suspicion"].tolist())
+
+    monkeypatch.setattr(rundir.os, "replace", replace)
+    w.write_samples(**{**a, "suspicion": 1 - a["suspicion"]})
+    w.close()
+    assert np.allclose(seen[0], 1 - a["suspicion"], atol=2e-6)
+    assert Run(tmp_path).samples()["suspicion"].tolist() == seen[0]

@@ -12,8 +12,10 @@
 * ``cache_bytes`` / ``free_disk_bytes`` / ``cache_fits``: the size check made before a cache is
   built; when it would not fit, ``DecodedImages`` stands in for the cache (each batch decoded
   when asked for, in the loader's workers) and ``scan_images`` finds the unreadable files and
-  makes the thumbnails in one decoding pass.
-* ``make_thumbnails``: small copies of the cached images for the review pages.
+  makes the thumbnails in one decoding pass (written chunk by chunk as well).
+* ``make_thumbnails``: small copies of the cached images for the review pages;
+  ``write_thumbnails`` writes them to thumbs.npy chunk by chunk (``thumbnail_chunks``), never
+  as one array (64 px thumbnails of 1M images are 12 GB).
 
 One bad file never stops a run: it becomes a skipped row.
 """
@@ -364,31 +366,60 @@ class DecodedImages:
         return out
 
 
-def scan_images(files: Sequence[str | Path], size: int, thumb_size: int, *,
-                progress: Callable[[dict], None] | None = None, cancel: CancelToken | None = None,
-                workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode every file once at ``size`` px without keeping it: returns (thumbnails
-    (N, T, T, 3) uint8, T = min(thumb_size, size), zeros for an unreadable file; {row: reason}).
-    Progress events as ``build_image_cache``'s."""
+def scan_images(files: Sequence[str | Path], size: int, thumb_size: int | None = None, *,
+                out: str | Path | None = None, progress: Callable[[dict], None] | None = None,
+                cancel: CancelToken | None = None, workers: int | None = None) -> tuple[np.ndarray | None, dict[int, str]]:
+    """Decode every file once at ``size`` px without keeping it: returns (thumbnails, {row: reason}).
+
+    thumbnails: (M, T, T, 3) uint8, T = min(thumb_size, size), of the M readable files in
+    order (row j = the j-th file not in the skipped dict), so they line up with the run's rows;
+    None when ``thumb_size`` is None (the scan only finds the unreadable files). With ``out``
+    they are written to that .npy chunk by chunk as they are made (``rundir.write_npy_chunks``:
+    one chunk in memory, never all M) and returned as its read-only memmap.
+    Progress events as ``build_image_cache``'s.
+    """
+    from .rundir import write_npy_chunks
+
     files = [Path(f) for f in files]
-    n, t = len(files), min(int(thumb_size), int(size))
-    thumbs = np.zeros((n, t, t, 3), dtype=np.uint8)
     skipped: dict[int, str] = {}
+    chunks = _scan_chunks(files, int(size), thumb_size, skipped, progress, cancel,
+                          workers or min(8, os.cpu_count() or 1))
+    if thumb_size is None:
+        for _ in chunks:
+            pass
+        return None, skipped
+    t = min(int(thumb_size), int(size))
+    if out is None:
+        return np.concatenate([np.empty((0, t, t, 3), np.uint8), *chunks]), skipped
+    write_npy_chunks(out, (None, t, t, 3), np.uint8, chunks)
+    if len(skipped) == len(files):   # no rows: numpy cannot map an empty array
+        return np.zeros((0, t, t, 3), np.uint8), skipped
+    return np.load(out, mmap_mode="r", allow_pickle=False), skipped
+
+
+def _scan_chunks(files: list[Path], size: int, thumb_size: int | None, skipped: dict[int, str],
+                 progress, cancel, workers: int):
+    """``scan_images``' pass: yields, per chunk of about 2% of the files, the (m, T, T, 3)
+    thumbnails of its readable files ((0, ...) when ``thumb_size`` is None), and records the
+    others in ``skipped``."""
+    n = len(files)
+    t = min(int(thumb_size or size), size)
     chunk = max(1, min(256, -(-n // 50)))
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for lo in range(0, n, chunk):
             check(cancel)
             hi = min(n, lo + chunk)
+            thumbs = []
             for i, (arr, reason) in enumerate(pool.map(lambda f: _decode(f, size), files[lo:hi]), lo):
-                if reason is None:
-                    thumbs[i] = make_thumbnails(arr[None], t)[0]
-                else:
+                if reason is not None:
                     skipped[i] = reason
+                elif thumb_size is not None:
+                    thumbs.append(make_thumbnails(arr[None], t)[0])
             if progress is not None:
                 progress({"phase": "cache", "kind": "step", "step": hi, "steps": n,
                           "images_per_s": hi / max(time.perf_counter() - started, 1e-9), "t": time.time()})
-    return thumbs, skipped
+            yield np.stack(thumbs) if thumbs else np.empty((0, t, t, 3), np.uint8)
 
 
 # --------------------------------------------------------------------------- thumbnails
@@ -408,6 +439,49 @@ def make_thumbnails(images: np.ndarray, size: int, rows: np.ndarray | None = Non
     return out
 
 
+def thumbnail_chunks(images: np.ndarray, size: int, rows: np.ndarray | None = None,
+                     chunk: int | None = None):
+    """``make_thumbnails(images, size, rows)`` in consecutive pieces of ``chunk`` rows (default:
+    as many as make about ``rundir.CHUNK_BYTES`` of source images): yields (m, T, T, 3) uint8
+    arrays whose concatenation is the one array, so a writer holds one piece at a time. The
+    source's pages read for a piece are released after it (``release_pages``)."""
+    from .rundir import chunk_rows
+
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+    # the source rows read per piece are the larger ones, so they set its size
+    step = chunk or chunk_rows(int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize)
+    for lo in range(0, len(rows), step):
+        piece = make_thumbnails(images, size, rows[lo:lo + step])
+        release_pages(images)
+        yield piece
+
+
+def release_pages(images) -> None:
+    """Take the pages of a read-only memmap (``np.load(..., mmap_mode="r")``) that this process
+    has read out of its resident set; they stay in the page cache, and a later read maps them
+    again without disk I/O. Mapped pages count in RSS, so reading a whole 1M-image cache once
+    would otherwise show as its full size. Anything else (an array, a writable or
+    copy-on-write map, whose private pages this would throw away) is left alone."""
+    import mmap
+
+    base = getattr(images, "base", None)
+    if getattr(images, "mode", None) == "r" and isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def write_thumbnails(path: str | Path, images: np.ndarray, size: int, rows: np.ndarray | None = None,
+                     chunk: int | None = None) -> Path:
+    """thumbs.npy of ``images[rows]`` (see ``make_thumbnails``), written chunk by chunk
+    (``thumbnail_chunks``, ``rundir.write_npy_chunks``): the same bytes as saving the one
+    array, with one chunk in memory."""
+    from .rundir import write_npy_chunks
+
+    n = len(images) if rows is None else len(rows)
+    t = min(int(size), images.shape[1])
+    return write_npy_chunks(path, (n, t, t, 3), np.uint8, thumbnail_chunks(images, size, rows, chunk))
+
+
 __all__ = ["DISK_RESERVE_BYTES", "MAX_IMAGE_PIXELS", "DecodedImages", "ImageSkip", "build_image_cache",
            "cache_bytes", "cache_fits", "cache_key", "cache_paths", "cache_ready", "free_disk_bytes", "load_rgb",
-           "make_thumbnails", "resize_square", "scan_images"]
+           "make_thumbnails", "release_pages", "resize_square", "scan_images", "thumbnail_chunks",
+           "write_thumbnails"]

@@ -402,17 +402,17 @@ def _decode_instead(state: RunState) -> bool:
     return not fits
 
 
-def _cached(state: RunState, ds, decode: bool, progress=None):
-    """(images, rows of the decodable files, ``ds`` without the others, their skips, thumbnails
-    of every file or None). ``images`` is the on-disk memmap, or with ``decode``
-    ``images.DecodedImages`` (found unreadable by one scan that also makes the thumbnails)."""
+def _cached(state: RunState, ds, decode: bool, progress=None, thumbs_to: Path | None = None):
+    """(images, rows of the decodable files, ``ds`` without the others, their skips).
+    ``images`` is the on-disk memmap, or with ``decode`` ``images.DecodedImages`` (found
+    unreadable by one scan, which also writes the thumbnails of the kept rows to ``thumbs_to``
+    when given)."""
     from .images import DecodedImages, build_image_cache, scan_images
 
-    thumbs = None
     if decode:
         images = DecodedImages(ds.files, state.size)
-        thumbs, bad = scan_images(ds.files, state.size, state.config.thumb_size, progress=progress,
-                                  cancel=state.cancel)
+        _, bad = scan_images(ds.files, state.size, state.config.thumb_size if thumbs_to else None, out=thumbs_to,
+                             progress=progress, cancel=state.cancel)
     else:
         images, bad = build_image_cache(ds.files, state.size, cache_dir() / "images", progress=progress,
                                         cancel=state.cancel)
@@ -422,31 +422,35 @@ def _cached(state: RunState, ds, decode: bool, progress=None):
         # Left out by index: the cache stays on disk however many files are unreadable.
         rows = np.setdiff1d(rows, np.fromiter(bad.keys(), np.int64))
         ds = ds.subset(rows)
-    return images, rows, ds, skipped, thumbs
+    return images, rows, ds, skipped
 
 
 def phase_cache(state: RunState) -> None:
     """Sets images, rows, test_images, test_rows, skipped (the train / test datasets lose their
-    undecodable rows); writes skipped.csv, thumbs.npy and the full config.json."""
-    from .images import make_thumbnails
+    undecodable rows); writes skipped.csv, thumbs.npy and the full config.json. Thumbnails are
+    written chunk by chunk (rank 0 only): from the cache once it is built, or by the decoding
+    scan itself when there is no cache."""
+    from .images import write_thumbnails
 
     config, train = state.config, state.train
     t0 = time.time()
     state.emit({"phase": "cache", "kind": "start", "n": len(train.files)})
     decode = _decode_instead(state)
+    thumbs = Path(state.writer.dir) / "thumbs.npy" if state.world.main else None
     state.skipped = list(train.skipped)
-    state.images, state.rows, state.train, bad, thumbs = _cached(state, train, decode, progress=state.emit)
+    state.images, state.rows, state.train, bad = _cached(state, train, decode, progress=state.emit,
+                                                         thumbs_to=thumbs if decode else None)
     state.skipped += bad
     if state.test is not None:
-        state.test_images, state.test_rows, state.test, bad, _ = _cached(state, state.test, decode)
+        state.test_images, state.test_rows, state.test, bad = _cached(state, state.test, decode)
         state.skipped += bad + list(state.test.skipped)
     state.writer.write_skipped(state.skipped)
     counts = np.bincount(state.labels, minlength=state.k)
     too_small = [c for c, n in zip(state.classes, counts) if n < 2]
     if too_small:
         raise InputError(f"after skipping unreadable files, class(es) {', '.join(too_small)} have fewer than 2 images")
-    thumbs = make_thumbnails(state.images, config.thumb_size, state.rows) if thumbs is None else thumbs[state.rows]
-    state.writer.write_npy("thumbs.npy", thumbs)
+    if thumbs is not None and not decode:
+        write_thumbnails(thumbs, state.images, config.thumb_size, state.rows)
     state.writer.write_json("config.json", _full_config(state))
     _timed(state, "cache", t0)
 
@@ -497,8 +501,16 @@ def phase_features(state: RunState) -> None:
     state.feats_pre, _ = _pass(state, state.images, state.rows, "features", progress=state.emit)
     state.feats_post = state.feats_pre
     if state.config.save_features:
-        state.writer.write_npy("features_pre.npy", state.feats_pre.astype(np.float16))
+        _write_features(state, "features_pre.npy", state.feats_pre)
     _timed(state, "features", t0)
+
+
+def _write_features(state: RunState, name: str, feats: np.ndarray) -> None:
+    """``feats`` (N, D) float32 to ``name`` as float16, cast chunk by chunk (no float16 copy of
+    the whole); readers map the file lazily (``Run.features``)."""
+    from .rundir import row_chunks
+
+    state.writer.write_npy_chunks(name, feats.shape, np.float16, row_chunks(feats))
 
 
 def phase_lp(state: RunState) -> None:
@@ -617,7 +629,7 @@ def phase_fft(state: RunState) -> None:
         _, state.test_logits = _pass(state, state.test_images, state.test_rows, "test")
     _timed(state, "fft", t0)
     if config.save_features:
-        state.writer.write_npy("features_post.npy", state.feats_post.astype(np.float16))
+        _write_features(state, "features_post.npy", state.feats_post)
 
 
 def _clean_set(state: RunState, epoch: int) -> tuple[np.ndarray, dict]:
