@@ -61,3 +61,18 @@ def test_default_workers():
     assert default_workers("cpu", decoding=False) == 0     # reading the memmap: no workers on CPU
     assert default_workers("cuda", decoding=False) >= 1
     assert default_workers("cpu", decoding=True) >= 1
+
+
+def test_image_rows_release_the_mapped_pages_every_few_batches(tmp_path, monkeypatch):
+    """Mapped pages count in RSS: a pass over a big cache hands them back every RELEASE_EVERY batches."""
+    from turn_core import loader
+
+    path = tmp_path / "cache.npy"
+    np.save(path, np.arange(40 * 4 * 4 * 3, dtype=np.uint8).reshape(40, 4, 4, 3))
+    released = []
+    monkeypatch.setattr(loader, "release_pages", lambda images: released.append(images))
+    ds = loader.ImageRows(np.load(path, mmap_mode="r"))
+    monkeypatch.setattr(ds, "RELEASE_EVERY", 3)
+    batches = [ds[[i, i + 1]] for i in range(7)]
+    assert len(released) == 2 and released[0] is ds.images
+    assert batches[2].numpy().tolist() == np.load(path)[[2, 3]].tolist()
