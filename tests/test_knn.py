@@ -140,3 +140,15 @@ def test_hnsw_recall_on_clustered_wide_features_at_k_10():
     approx, sims = knn.search(f, 10, method="hnsw", device="cpu")
     assert knn.recall_at_k(approx, exact) >= 0.95
     assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def test_exact_on_a_gpu_matches_the_cpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    f, _ = _clustered(n=3000, d=64)
+    assert knn.choose_method(10 * knn.EXACT_MAX, "cuda:0") == "exact"
+    cpu_idx, cpu_sims = knn.search(f, 10, method="exact", device="cpu")
+    gpu_idx, gpu_sims = knn.search(f, 10, device="cuda")          # "auto" on a GPU: exact there
+    assert np.allclose(gpu_sims, cpu_sims, atol=1e-4)
+    assert knn.recall_at_k(gpu_idx, cpu_idx) > 0.999
