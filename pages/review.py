@@ -13,6 +13,7 @@ from turn_core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from turn_core.errors import InputError
 from turn_core.review import accept_suggestions, record_decision
 from turn_core.views import images as vi
+from turn_core.views import neighbours as vn
 from turn_core.views import queue as vq
 
 run, df = sh.page_preamble("Review")
@@ -268,9 +269,14 @@ else:
                    "**N**/**P** next/previous")
     with right:
         st.markdown("**Nearest neighbours** (feature space)")
-        feats = sh.normalised_features(run, "post")
-        nb = views.neighbour_table(df, feats, cur, k=8, normalised=True) if feats is not None else None
-        if nb is None or len(nb) == 0:
+        # Row `cur` of the run's saved neighbours: no search per click. A run from before they
+        # were saved searches them once, here, and saves them.
+        if vn.needs_search(run):
+            with st.spinner("Finding every image's neighbours once for this run…"):
+                nb = vn.run_neighbour_table(run, df, cur, k=8)
+        else:
+            nb = vn.run_neighbour_table(run, df, cur, k=8)
+        if len(nb) == 0:
             st.caption("No features saved for this run.")
         else:
             vote = views.neighbour_vote(nb)

@@ -115,3 +115,18 @@ def test_precision_names_are_the_trains_registry():
         RunConfig(precision="fp16").validate()
     with pytest.raises(InputError, match="loader_workers=-1 must be >= 0"):
         RunConfig(loader_workers=-1).validate()
+
+
+def test_knn_method_names_are_the_search_registry():
+    from turn_core import knn
+    from turn_core.config import KNN_METHODS
+
+    assert KNN_METHODS == knn.CHOICES
+    s = SETTINGS["knn_method"]
+    assert s.choices == KNN_METHODS and s.default == "auto" and s.group == "scores" and s.advanced
+    assert f"{knn.EXACT_MAX:,}" in s.help                    # the help states today's switch-over size
+    assert RunConfig(knn_method="hnsw").validate().knn_method == "hnsw"
+    with pytest.raises(InputError, match="knn_method='ivf' is not one of auto, exact, bf16-rerank, hnsw"):
+        RunConfig(knn_method="ivf").validate()
+    old = {k: v for k, v in RunConfig().to_dict().items() if k != "knn_method"}
+    assert RunConfig.from_dict(old).knn_method == "auto"     # a run from before the setting opens

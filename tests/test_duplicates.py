@@ -84,3 +84,42 @@ def test_planted_conflicts_enter_the_queue_and_are_decided_together(fake_run):
     assert (a, b) in {(int(r.a), int(r.b)) for r in vq.conflict_queue(table, dec, status="reviewed").itertuples()}
     with pytest.raises(InputError, match="conflict choice"):
         vq.conflict_decisions(a, b, la, lb, "both")
+
+
+def test_pairs_from_a_saved_graph_read_no_features():
+    """The run's saved neighbours and similarities alone give the pairs (features=None)."""
+    from turn_core import knn
+
+    f, _, planted = _planted()
+    idx, sims = knn.search(f, 10, method="exact", device="cpu")
+    pairs, s = dup.near_duplicate_pairs(None, 0.95, neighbours=idx.astype(np.int32), similarities=sims.astype(np.float16))
+    assert sorted(map(tuple, pairs.tolist())) == sorted(planted)
+    assert pairs.dtype == np.int64 and s.dtype == np.float32 and list(s) == sorted(s, reverse=True)
+    want, want_s = dup.near_duplicate_pairs(f, 0.95)          # searched: the same pairs (float16 may reorder)
+    assert sorted(map(tuple, want.tolist())) == sorted(map(tuple, pairs.tolist()))
+    assert np.allclose(np.sort(s), np.sort(want_s), atol=1e-3)
+    # a hand-made graph: self, −1 padding and the reverse edge are each skipped or merged
+    nb = np.array([[1, 0], [0, -1], [0, 1]])
+    sim = np.array([[0.99, 1.0], [0.99, 1.0], [0.5, 0.97]], dtype=np.float32)
+    p, ps = dup.graph_pairs(nb, sim, 0.95)
+    assert p.tolist() == [[0, 1], [1, 2]] and np.allclose(ps, [0.99, 0.97])
+    assert dup.graph_pairs(nb, sim, 1.5)[0].shape == (0, 2)
+
+
+def test_compute_duplicates_reads_the_saved_neighbours(fake_run, monkeypatch):
+    """After the first call (an old run: searched once and saved), no search runs again, and
+    the pairs come from the saved similarities."""
+    from turn_core import knn
+    from turn_core.rundir import atomic_save_npy
+
+    vq.compute_duplicates(fake_run.dir)
+    idx_name, sims_name = fake_run.neighbour_files("pre")
+    assert (fake_run.dir / idx_name).exists()
+    monkeypatch.setattr(knn, "search", lambda *a, **k: (_ for _ in ()).throw(AssertionError("searched again")))
+    idx = np.asarray(fake_run.neighbours("pre")[0])
+    sims = np.zeros(idx.shape, dtype=np.float16)
+    sims[7, 0] = 0.99                 # one planted edge in the saved similarities
+    atomic_save_npy(fake_run.dir / sims_name, sims)
+    table = vq.compute_duplicates(fake_run.dir)
+    near = table[table["kind"] != "exact"]
+    assert [tuple(sorted((int(r.a), int(r.b)))) for r in near.itertuples()] == [tuple(sorted((7, int(idx[7, 0]))))]

@@ -100,3 +100,55 @@ def test_float16_memmap_input(tmp_path):
     idx, _ = knn.search(mm, 4, method="exact", device="cpu")
     ref, _ = knn.search(f.astype(np.float16).astype(np.float32), 4, method="exact", device="cpu")
     assert np.array_equal(idx, ref)
+
+
+def test_choices_are_auto_and_the_registry():
+    assert knn.CHOICES == ("auto", *knn.METHODS)
+    assert {"exact", "bf16-rerank", "hnsw"} <= set(knn.METHODS)
+
+
+def test_a_capped_block_gives_the_same_neighbours(monkeypatch):
+    f, _ = _clustered(n=500)
+    want = knn.search(f, 6, method="exact", device="cpu")
+    monkeypatch.setattr(knn, "BLOCK_FLOATS", 500 * 3)        # 3 rows a block instead of 2048
+    import torch
+
+    seen = []
+    real = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda x, *a, **k: seen.append(x.shape[0]) or real(x, *a, **k))
+    got = knn.search(f, 6, method="exact", device="cpu")
+    assert max(seen) == 3 and len(seen) == 167
+    assert np.array_equal(got[0], want[0]) and np.allclose(got[1], want[1])
+
+
+def test_hnsw_without_faiss_names_the_package(monkeypatch):
+    import importlib.util
+
+    from turn_core.errors import InputError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a))
+    with pytest.raises(InputError, match="faiss"):
+        knn.search(np.eye(4, dtype=np.float32), 2, method="hnsw")
+
+
+def test_hnsw_recall_on_clustered_wide_features_at_k_10():
+    # Many small clusters in 256-d (above PCA_DIMS, so the projection is part of what is checked):
+    # the index must find ≥ 95 % of the exact 10 neighbours.
+    f, _ = _clustered(n=4000, d=256, k_classes=40, spread=1.5, seed=5)
+    exact, _ = knn.search(f, 10, method="exact", device="cpu")
+    approx, sims = knn.search(f, 10, method="hnsw", device="cpu")
+    assert knn.recall_at_k(approx, exact) >= 0.95
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def test_exact_on_a_gpu_matches_the_cpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    f, _ = _clustered(n=3000, d=64)
+    assert knn.choose_method(10 * knn.EXACT_MAX, "cuda:0") == "exact"
+    cpu_idx, cpu_sims = knn.search(f, 10, method="exact", device="cpu")
+    gpu_idx, gpu_sims = knn.search(f, 10, device="cuda")          # "auto" on a GPU: exact there
+    assert np.allclose(gpu_sims, cpu_sims, atol=1e-4)
+    assert knn.recall_at_k(gpu_idx, cpu_idx) > 0.999

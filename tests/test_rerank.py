@@ -173,3 +173,25 @@ def test_an_unknown_learner_is_refused():
     base, _, _ = _world()
     with pytest.raises(InputError, match="learner 'nope'"):
         rerank.learned_suspicion(base, np.zeros(0, int), np.zeros(0, int), learner="nope")
+
+
+def test_prepare_uses_the_saved_neighbours_and_searches_only_views_without(monkeypatch):
+    from turn_core import knn
+
+    base, _, given = _world()
+    saved = base.neighbours[0]
+    n = len(given)
+    cv = base.cv_probs
+    searched = []
+    real = knn.search
+    monkeypatch.setattr(knn, "search", lambda f, *a, **k: searched.append(len(f)) or real(f, *a, **k))
+    feats = np.zeros((n, 24), dtype=np.float32)      # not read for the neighbours: a saved graph is given
+    again = rerank.prepare(given, [feats + 1], [cv], cv, base.static, knn_k=8, neighbours=[saved.astype(np.int32)])
+    assert searched == [] and np.array_equal(again.neighbours[0], saved)
+    np.testing.assert_allclose(again.votes0[0], base.votes0[0])
+    # a wider saved graph (knn_k of the run > the re-ranking's) votes with its first knn_k columns
+    wide = np.concatenate([saved, saved[:, :2]], axis=1)
+    assert np.array_equal(rerank.prepare(given, [feats + 1], [cv], cv, base.static, knn_k=8,
+                                         neighbours=[wide]).neighbours[0], saved)
+    rerank.prepare(given, [feats + 1], [cv], cv, base.static, knn_k=8, neighbours=[None])
+    assert searched == [n]                            # no graph for the view: searched

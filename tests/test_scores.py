@@ -70,6 +70,62 @@ def test_knn_label_probs_k_capped_by_n():
     assert np.allclose(probs, [[0, 1], [0.5, 0.5], [0.5, 0.5]])
 
 
+def test_knn_label_probs_goes_through_the_index_and_reads_a_given_graph(monkeypatch):
+    from turn_core import knn
+
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(40, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    calls = []
+    real = knn.search
+    monkeypatch.setattr(knn, "search", lambda *a, **k: calls.append(k) or real(*a, **k))
+    probs, nbrs = knn_label_probs(feats, labels, 3, k=4, method="exact", device="cpu")
+    assert calls == [{"method": "exact", "device": "cpu", "chunk": 2048}]
+    # a saved graph (wider than k, int32 as on disk) votes with its first k columns, no search
+    wide = np.concatenate([nbrs, np.zeros((40, 3), dtype=np.int64)], axis=1).astype(np.int32)
+    p2, n2 = knn_label_probs(None, labels, 3, k=4, neighbours=wide)
+    assert len(calls) == 1 and np.array_equal(n2, nbrs) and np.allclose(p2, probs)
+
+
+def _views(n=90, k=3, seed=4):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    centres = rng.normal(size=(k, 8)) * 2
+    pre = (centres[labels] + rng.normal(size=(n, 8))).astype(np.float32)
+    post = (centres[labels] * 2 + rng.normal(size=(n, 8))).astype(np.float32)
+    cv = np.full((n, k), 0.2)
+    cv[np.arange(n), labels] = 0.6
+    return labels, [pre, post], [cv / cv.sum(1, keepdims=True)] * 2
+
+
+def test_score_step_searches_every_view_once_and_returns_their_neighbours(monkeypatch):
+    from turn_core import knn
+    from turn_core.config import RunConfig
+    from turn_core.scores import score_step
+
+    labels, feats, cv = _views()
+    n, k = len(labels), cv[0].shape[1]
+    searched = []
+    real = knn.search
+    monkeypatch.setattr(knn, "search", lambda f, *a, **kw: searched.append(len(f)) or real(f, *a, **kw))
+    cfg = RunConfig(knn_k=6, knn_method="exact")
+    args = (labels, cv[0], np.ones(n), np.zeros((1, n)), feats, cfg)
+    sig, result, _ = score_step(*args, cv_probs=cv)
+    assert len(searched) == 2                                     # two views, each once
+    nbrs = sig.extra["neighbours"]
+    for f, (idx, sims) in zip(feats, nbrs):
+        want = _brute_knn(f, labels, k, 6)[1]
+        assert idx.shape == sims.shape == (n, 6)
+        assert np.array_equal(idx, want)
+    votes = [knn_label_probs(None, labels, k, 6, neighbours=nbrs[i][0])[0] for i in sig.extra["views"]]
+    assert np.allclose(sig.knn_probs, np.mean(votes, axis=0))
+    # the provisional table's pretrained neighbours are reused: only the other view is searched
+    searched.clear()
+    sig2, result2, _ = score_step(*args, cv_probs=cv, neighbours=nbrs[:1])
+    assert searched == [n] and np.array_equal(result2["suspicion"], result["suspicion"])
+    assert sig2.extra["neighbours"][0] is nbrs[0]
+
+
 # ------------------------------------------------------------------- margin, normalise_rows
 def test_margin_hand_values():
     p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.5, 0.0]])

@@ -32,6 +32,9 @@ NOISE_KINDS = ("symmetric", "asymmetric", "instance")
 EMPTY_CLASS_POLICIES = ("fallback", "error")
 # Names of turn_core.train.PRECISIONS (config sits below train; tests/test_config.py checks them).
 PRECISIONS = ("auto", "fp32", "bf16")
+# Names of turn_core.knn.CHOICES ("auto" + the search registry; config sits below knn, so the
+# list is repeated here and tests/test_config.py checks the two agree).
+KNN_METHODS = ("auto", "exact", "bf16-rerank", "hnsw")
 GROUPS = {"data": "Data", "model": "Model", "turn": "TURN", "scores": "Suspicion and flags",
           "outputs": "Outputs"}
 CACHE_ENV = "TURN_AUDIT_CACHE"
@@ -214,6 +217,14 @@ class RunConfig:
                               registry="flag_rule", label="Flag rule")
     knn_k: int = _setting(10, "Neighbours in the feature-space label vote.", "scores", min=1,
                           label="k of the neighbour vote")
+    # "auto": exact below knn.EXACT_MAX rows on a CPU (the same neighbours as the dense pass it
+    # replaced) and always on a GPU; above it an approximate index with recall ≥ 0.95
+    # (bench/knn.py), because the exact pass grows as N² (hours at 1M on 2 cores).
+    knn_method: str = _setting("auto", "How neighbours are searched: auto (exact up to 60,000 images on a CPU "
+                               "and always on a GPU, an approximate index above), exact, bf16-rerank "
+                               "(bfloat16 pass re-ranked in float32) or hnsw (PCA + HNSW index re-ranked "
+                               "exactly; needs faiss-cpu).", "scores", choices=KNN_METHODS,
+                               label="Neighbour search")
 
     # ---- outputs -----------------------------------------------------------------------------
     thumb_size: int = _setting(64, "Side in pixels of the thumbnails the app shows.", "outputs", min=8,

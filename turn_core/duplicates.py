@@ -3,10 +3,11 @@
 Two images that look the same but carry different given labels cannot both be right: at least
 one label is wrong by construction (cleanlab's Datalab, FiftyOne Brain and fastdup report them
 too). ``near_duplicate_pairs`` finds pairs among the neighbours the run's k-NN vote already uses
-(cosine on the saved features) above a similarity threshold; ``conflicts`` keeps those whose
-labels differ, which the Review page queues as pairs decided together. ``exact_duplicate_groups``
-hashes the thumbnails' pixels: identical images are reported whatever their labels (a dataset that
-holds one image twice weighs it twice, and a train/test copy leaks).
+(the run's saved neighbour graph and its similarities, ``rundir.Run.neighbours``; for arrays
+without one, a ``knn.search`` of the features) at or above a similarity threshold; ``conflicts``
+keeps those whose labels differ, which the Review page queues as pairs decided together.
+``exact_duplicate_groups`` hashes the thumbnails' pixels: identical images are reported whatever
+their labels (a dataset that holds one image twice weighs it twice, and a train/test copy leaks).
 """
 from __future__ import annotations
 
@@ -14,34 +15,60 @@ import hashlib
 
 import numpy as np
 
-from .scores import knn_label_probs, normalise_rows
+from .scores import normalise_rows
 
 NEAR_DUPLICATE_SIMILARITY = 0.95   # cosine similarity at or above which two images are near-duplicates
-PAIR_NEIGHBOURS = 5                # neighbours per image searched for its near-duplicates
+PAIR_NEIGHBOURS = 5                # neighbours per image searched when no neighbour graph is given
 
 
-def near_duplicate_pairs(features: np.ndarray, threshold: float = NEAR_DUPLICATE_SIMILARITY,
-                         neighbours: np.ndarray | None = None, k: int = PAIR_NEIGHBOURS
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def near_duplicate_pairs(features: np.ndarray | None, threshold: float = NEAR_DUPLICATE_SIMILARITY,
+                         neighbours: np.ndarray | None = None, k: int = PAIR_NEIGHBOURS,
+                         similarities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of images whose features have cosine similarity ≥ ``threshold``.
 
-    features (N, D); neighbours: an (N, k') neighbour graph already computed (e.g. the run's k-NN
-    vote), else the ``k`` nearest are searched here. Returns (pairs (P, 2) int with i < j, each
-    pair once, sims (P,) float32), most similar first (ties by index).
+    neighbours: an (N, k') neighbour graph already computed (the run's saved one), with its
+    ``similarities`` (N, k') when known: then ``features`` is not read at all (None is fine),
+    so a run of any size needs no feature copy. Without ``similarities`` they are computed
+    from ``features`` (N, D); without ``neighbours`` the ``k`` nearest are searched
+    (``knn.search``). Returns (pairs (P, 2) int with i < j, each pair once, sims (P,) float32),
+    most similar first (ties by index).
     """
+    if neighbours is not None and similarities is not None:
+        return graph_pairs(neighbours, similarities, threshold)
     f = normalise_rows(features)
     n = len(f)
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
     if neighbours is None:
-        neighbours = knn_label_probs(f, np.zeros(n, dtype=np.int64), 1, min(k, n - 1))[1]
-    rows = np.repeat(np.arange(n), neighbours.shape[1])
-    cols = np.asarray(neighbours).ravel()
-    sims = np.einsum("ij,ij->i", f[rows], f[cols])
-    keep = (sims >= threshold) & (rows != cols)
-    a, b = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep]
+        from .knn import search
+
+        neighbours, similarities = search(f, min(k, n - 1))
+    else:
+        rows = np.repeat(np.arange(n), neighbours.shape[1])
+        similarities = np.einsum("ij,ij->i", f[rows], f[np.asarray(neighbours).ravel()]).reshape(neighbours.shape)
+    return graph_pairs(neighbours, similarities, threshold)
+
+
+def graph_pairs(neighbours: np.ndarray, similarities: np.ndarray, threshold: float = NEAR_DUPLICATE_SIMILARITY
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The edges of a neighbour graph at or above ``threshold``, each pair once.
+
+    neighbours (N, k) int (row i: i's neighbours; i itself and −1 are skipped), similarities
+    (N, k) their cosine similarities (float16 is fine). Returns (pairs (P, 2) int64 with i < j,
+    sims (P,) float32), most similar first, ties by index."""
+    nb = np.asarray(neighbours, dtype=np.int64)
+    sims = np.asarray(similarities, dtype=np.float32)
+    hit = sims >= threshold              # the threshold picks the few rows worth expanding
+    rows = np.nonzero(hit)[0]
+    cols = nb[hit]
+    s = sims[hit]
+    keep = (rows != cols) & (cols >= 0)
+    rows, cols, s = rows[keep], cols[keep], s[keep]
+    if len(rows) == 0:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
+    a, b = np.minimum(rows, cols), np.maximum(rows, cols)
     pairs, first = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
-    s = sims[keep][first].astype(np.float32)
+    s = s[first]
     order = np.lexsort((pairs[:, 1], pairs[:, 0], -s))
     return pairs[order].astype(np.int64), s[order]
 
@@ -96,4 +123,4 @@ def duplicate_table(pairs: np.ndarray, sims: np.ndarray, labels: np.ndarray, nam
 
 
 __all__ = ["NEAR_DUPLICATE_SIMILARITY", "PAIR_NEIGHBOURS", "conflicts", "duplicate_table", "exact_duplicate_groups",
-           "near_duplicate_pairs", "pixel_hashes"]
+           "graph_pairs", "near_duplicate_pairs", "pixel_hashes"]

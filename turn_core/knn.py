@@ -2,7 +2,8 @@
 
 One entry point, ``search(features, k)`` → ``(indices (N, k) int64, similarities (N, k) float32)``,
 each row sorted by similarity (highest first), a sample never its own neighbour. The search
-methods sit in a registry (``METHODS``) and ``choose_method`` picks one by size and device:
+methods sit in a registry (``METHODS``; ``CHOICES`` adds "auto", the names the ``knn_method``
+setting takes) and ``choose_method`` picks one by size and device for "auto":
 
 * ``exact``: chunked matmul + top-k in float32 with torch (on the GPU when there is one). Cost
   grows as N² · D: 32 s at 50k × 1280 on this project's 2-core CPU (../shared/notes/performance.md).
@@ -18,9 +19,12 @@ on small data in tests/test_knn.py.
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import numpy as np
+
+from .errors import InputError
 
 # Above this many rows the quadratic pass is replaced by the approximate index (bench/knn.py).
 EXACT_MAX = 60_000
@@ -28,6 +32,9 @@ RERANK_EXTRA = 8        # extra bf16 candidates re-ranked in float32
 PCA_DIMS = 128          # HNSW searches a PCA projection of this many dimensions
 CANDIDATES = 4          # HNSW returns k · CANDIDATES candidates for the exact re-rank
 HNSW_M, HNSW_EF_SEARCH, HNSW_EF_CONSTRUCTION = 32, 128, 80
+# One (chunk, N) similarity block holds at most this many floats (1 GiB in float32): at N = 1M a
+# 2048-row block would be 8 GiB, more than a GPU next to the features may have free.
+BLOCK_FLOATS = 1 << 28
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]
 METHODS: dict[str, Search] = {}
@@ -54,10 +61,8 @@ def normalise(features) -> np.ndarray:
 def choose_method(n: int, device: str = "cpu") -> str:
     """``exact`` on a GPU and on small CPU data; above ``EXACT_MAX`` rows on a CPU ``hnsw``, or
     ``bf16-rerank`` (still quadratic, but no extra package) when faiss is not installed."""
-    if device.startswith("cuda") or n <= EXACT_MAX:
+    if str(device).startswith("cuda") or n <= EXACT_MAX:
         return "exact"
-    import importlib.util
-
     return "hnsw" if importlib.util.find_spec("faiss") is not None else "bf16-rerank"
 
 
@@ -79,7 +84,10 @@ def search(features, k: int = 10, *, method: str = "auto", device: str | None = 
     name = choose_method(n, device) if method == "auto" else method
     if name not in METHODS:
         raise ValueError(f"neighbour search {name!r} is not one of {', '.join(METHODS)}")
-    return METHODS[name](normalise(features), k, chunk, device)
+    if name == "hnsw" and importlib.util.find_spec("faiss") is None:
+        raise InputError("knn_method 'hnsw' needs the faiss-cpu package: install it, or choose "
+                         "'auto', 'exact' or 'bf16-rerank'")
+    return METHODS[name](normalise(features), k, chunk, str(device))
 
 
 def _topk(base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +97,7 @@ def _topk(base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
 
     out_i = np.empty((len(base), k), dtype=np.int64)
     out_s = np.empty((len(base), k), dtype=np.float32)
+    chunk = max(1, min(chunk, BLOCK_FLOATS // len(base)))   # rows are independent: same result
     for s in range(0, len(base), chunk):
         sims = base[s:s + chunk] @ base.T
         rows = torch.arange(sims.shape[0], device=sims.device)
@@ -163,11 +172,15 @@ def _drop_self(got: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+# The names the ``knn_method`` setting accepts: "auto" (``choose_method``) and every method.
+CHOICES: tuple[str, ...] = ("auto", *METHODS)
+
+
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean share of each row's exact k neighbours that the approximate row also lists."""
     hits = [len(np.intersect1d(a, e)) for a, e in zip(approx, exact)]
     return float(np.sum(hits) / max(exact.size, 1))
 
 
-__all__ = ["CANDIDATES", "EXACT_MAX", "METHODS", "PCA_DIMS", "choose_method", "normalise", "recall_at_k",
+__all__ = ["CANDIDATES", "CHOICES", "EXACT_MAX", "METHODS", "PCA_DIMS", "choose_method", "normalise", "recall_at_k",
            "register", "rerank", "search"]

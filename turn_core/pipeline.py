@@ -12,13 +12,14 @@ at any phase with a state that holds what that phase needs. Phases and what they
   4. features  — pretrained features of every training image (frozen θ: computed once)
   5. lp        — Phase I: linear head with GCE (TURN, GCE-LP) or CE (CE-LP, CE-FFT) on cached features
   5b. provisional — (TURN, CE-FFT) the pretrained view's ensemble (out-of-fold GCE probe + k-NN
-                 vote): a provisional samples.csv to review while FFT runs; status "provisional"
+                 vote): a provisional samples.csv and neighbours_pre.npy to review while FFT
+                 runs; status "provisional"
   6. fft       — Phase II (TURN): per epoch, loss pass → GMM → τ → class-balanced clean set →
                  one epoch of full fine-tuning with CE. CE-FFT: the same epochs on all samples.
   7. score     — final GMM, out-of-fold probabilities, suspicion, flags, suggestions (scores.py),
                  metrics
-  8. write     — gmm.json, probs.npy, cv_probs.npy, samples.csv, metrics.json, model.safetensors
-                 (through ``RunWriter``)
+  8. write     — gmm.json, probs.npy, cv_probs.npy, samples.csv, metrics.json, model.safetensors,
+                 every view's neighbours (searched once by the scoring step; through ``RunWriter``)
 The same function serves the CLI, the app's background job and the benchmark.
 
 Under torchrun every rank runs the phases (turn_core.distributed): local rank 0 runs data,
@@ -181,6 +182,7 @@ class RunState:
     probs: np.ndarray | None = None
     cv_probs: list = field(default_factory=list)
     cv_pre: np.ndarray | None = None           # (N, K) out-of-fold probe on feats_pre (provisional → score)
+    neighbours: list = field(default_factory=list)   # per view (indices (N, k), sims (N, k)), pretrained first
     ensemble_probs: np.ndarray | None = None   # (N, K): what the suspicion and suggestions come from
     knn_agreement: np.ndarray | None = None
     result: dict = field(default_factory=dict)
@@ -570,6 +572,8 @@ def phase_provisional(state: RunState) -> None:
         sig, result, cv = score_step(labels, probs, clean_prob, np.stack(state.losses[:1]), [state.feats_pre],
                                      config, cancel=state.cancel, device=state.rt.device)
     state.cv_pre = cv[0]
+    state.neighbours = sig.extra["neighbours"]
+    _write_neighbours(state)   # the Review page's neighbour panel reads them during FFT
     suspicion = result["suspicion"]
     state.writer.write_samples(
         paths=state.train.paths, classes=state.classes, given=labels, predicted=probs.argmax(axis=1),
@@ -584,6 +588,17 @@ def phase_provisional(state: RunState) -> None:
         info["detection"] = detection_metrics(state.true_labels != labels, result["flagged"], suspicion)
     state.emit(info)
     _timed(state, "provisional", t0)
+
+
+def _write_neighbours(state: RunState) -> None:
+    """neighbours_<view>.npy (int32) and neighbour_sims_<view>.npy (float16) of every view in
+    state.neighbours (pretrained first), the compact form the pages and the learning queue read."""
+    from .rundir import Run
+
+    for which, (idx, sims) in zip(("pre", "post"), state.neighbours):
+        idx_name, sims_name = Run.neighbour_files(which)
+        state.writer.write_npy(idx_name, np.asarray(idx, dtype=np.int32))
+        state.writer.write_npy(sims_name, np.asarray(sims, dtype=np.float16))
 
 
 def _test_truth(state: RunState) -> np.ndarray:
@@ -688,7 +703,9 @@ def phase_score(state: RunState) -> None:
     sig, state.result, state.cv_probs = score_step(
         labels, state.probs, state.clean_prob, np.stack(state.losses), views, config,
         cv_probs=None if state.cv_pre is None else [state.cv_pre],  # the provisional table computed it
+        neighbours=state.neighbours[:1] or None,  # the pretrained view's too: searched once per run
         cancel=state.cancel, device=state.rt.device)
+    state.neighbours = sig.extra["neighbours"]
     names = ["pretrained", "fine-tuned"]
     state.emit({"phase": "score", "kind": "info", "views": names[:len(views)],
                 "trusted_views": [names[i] for i in sig.extra["views"]]})
@@ -725,8 +742,8 @@ def _metrics(state: RunState) -> dict:
 
 
 def phase_write(state: RunState) -> None:
-    """Writes gmm.json, probs.npy, cv_probs.npy, ensemble_probs.npy, samples.csv, metrics.json,
-    model.safetensors. Rank 0 only."""
+    """Writes gmm.json, probs.npy, cv_probs.npy, ensemble_probs.npy, neighbours_*.npy,
+    neighbour_sims_*.npy, samples.csv, metrics.json, model.safetensors. Rank 0 only."""
     from .scores import margin
 
     if not state.world.main:
@@ -736,6 +753,7 @@ def phase_write(state: RunState) -> None:
     w.write_npy("probs.npy", state.probs.astype(np.float32))
     w.write_npy("cv_probs.npy", np.stack(state.cv_probs).astype(np.float32))
     w.write_npy("ensemble_probs.npy", state.ensemble_probs.astype(np.float32))
+    _write_neighbours(state)
     w.write_samples(paths=state.train.paths, classes=state.classes, given=labels,
                     predicted=state.probs.argmax(axis=1), suggested=result["suggested"],
                     suspicion=result["suspicion"], clean_prob=state.clean_prob, flagged=result["flagged"],

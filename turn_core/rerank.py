@@ -80,21 +80,25 @@ def pca(features: np.ndarray, dims: int = PCA_DIMS, seed: int = 0) -> np.ndarray
 
 
 def prepare(labels: np.ndarray, features: list[np.ndarray], cv_probs: list[np.ndarray],
-            probs: np.ndarray, static: np.ndarray, knn_k: int = 10, ensemble: np.ndarray | None = None
-            ) -> RerankBase:
+            probs: np.ndarray, static: np.ndarray, knn_k: int = 10, ensemble: np.ndarray | None = None,
+            neighbours: list | None = None) -> RerankBase:
     """The run's arrays → a ``RerankBase``: the trusted views as the run chose them
     (``scores.select_views``), their neighbour graphs and PCAs.
 
     labels (N,) int; features: (N, D) per view (pretrained first); cv_probs: (N, K) per view;
     probs (N, K) final model; static (N,) the run's suspicion in [0, 1]; ensemble (N, K) the
     run's ensemble probabilities when saved (the learned ensemble starts from them).
+    neighbours: per view, the run's saved (N, k) neighbour graph (``rundir.Run.neighbours``) or
+    None; a view without one is searched here (``scores.knn_label_probs``).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(cv_probs) == 0 or len(features) < len(cv_probs):
         raise InputError("the run has no out-of-fold probabilities or features to re-rank from")
     keep = select_views(list(cv_probs), labels)
     k = cv_probs[0].shape[1]
-    nbrs = [knn_label_probs(features[i], labels, k, knn_k)[1] for i in keep]
+    saved = list(neighbours or [])
+    nbrs = [knn_label_probs(features[i], labels, k, knn_k, neighbours=saved[i] if i < len(saved) else None)[1]
+            for i in keep]
     reduced = [pca(features[i]) for i in keep]
     none = np.zeros(len(labels), dtype=bool)
     return RerankBase(labels=labels, static=np.asarray(static, dtype=np.float64), neighbours=nbrs,
@@ -107,14 +111,16 @@ def prepare(labels: np.ndarray, features: list[np.ndarray], cv_probs: list[np.nd
 
 def base_from_run(run) -> RerankBase:
     """``prepare`` on a run directory (``rundir.Run``): samples.csv, features_*.npy,
-    cv_probs.npy, probs.npy. Raises ``InputError`` naming the file that is missing."""
+    cv_probs.npy, probs.npy, and the saved neighbours (``Run.neighbours``; a view without them
+    is searched). Raises ``InputError`` naming the file that is missing."""
     s = run.samples()
     if s is None or len(s) == 0:
         raise InputError(f"{run.dir / 'samples.csv'}: no samples to re-rank")
     idx = {c: i for i, c in enumerate(run.classes)}
     labels = s["given_label"].map(idx).to_numpy()
-    feats = [run.features(w) for w in ("pre", "post")]
-    feats = [np.asarray(f, dtype=np.float32) for f in feats if f is not None]
+    views = [w for w in ("pre", "post") if run.features(w) is not None]
+    feats = [np.asarray(run.features(w), dtype=np.float32) for w in views]
+    graphs = [run.neighbours(w) for w in views]
     for name, ok in (("features_pre.npy", bool(feats)), ("cv_probs.npy", (run.dir / "cv_probs.npy").exists()),
                      ("probs.npy", (run.dir / "probs.npy").exists())):
         if not ok:
@@ -123,7 +129,8 @@ def base_from_run(run) -> RerankBase:
     ens = run.dir / "ensemble_probs.npy"
     return prepare(labels, feats[:len(cv)], cv[:len(feats)], np.load(run.dir / "probs.npy"),
                    s["suspicion"].to_numpy(float), knn_k=run.settings.get("knn_k", 10),
-                   ensemble=np.load(ens) if ens.exists() else None)
+                   ensemble=np.load(ens) if ens.exists() else None,
+                   neighbours=[None if g is None else np.asarray(g[0], dtype=np.int64) for g in graphs])
 
 
 # ------------------------------------------------------------------------ ensemble members

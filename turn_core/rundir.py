@@ -27,6 +27,15 @@ Layout (every file optional until the run reaches the step that writes it)::
       gmm.json             [{"epoch", "means", "variances", "weights", "clean_component", "tau"}]
       features_pre.npy     float16 (N, D): pretrained features of the training images
       features_post.npy    float16 (N, D): features after FFT (TURN / CE-FFT only)
+      neighbours_pre.npy   int32 (N, k): row i = the k nearest other samples of sample i in
+                           features_pre by cosine, most similar first (k = knn_k; turn_core.knn,
+                           method knn_method), searched once per run: the k-NN vote, the Review
+                           page's neighbour panel, the learning queue and near-duplicates use it.
+                           Written with the provisional table (TURN / CE-FFT) and at the end
+      neighbour_sims_pre.npy  float16 (N, k): the cosine similarities of those neighbours
+      neighbours_post.npy, neighbour_sims_post.npy  the same for features_post. A run from
+                           before these files gets them once, when first opened
+                           (turn_core.views.neighbours); a file older than its features is stale
       probs.npy            float32 (N, K): final model's class probabilities
       cv_probs.npy         float32 (V, N, K): out-of-fold linear-probe probabilities per feature view
       ensemble_probs.npy   float32 (N, K): the ensemble's class probabilities (suspicion = 1 − p[given])
@@ -498,7 +507,8 @@ class RunWriter:
     # samples.parquet comes after samples.csv: while reset removes them, a reader never finds a
     # CSV without its Parquet (which it would convert, bringing the old table back for a while).
     RUN_FILES = ("events.jsonl", "samples.csv", "samples.parquet", "metrics.json", "gmm.json", "features_pre.npy",
-                 "features_post.npy", "probs.npy", "cv_probs.npy", "ensemble_probs.npy", "thumbs.npy",
+                 "features_post.npy", "neighbours_pre.npy", "neighbour_sims_pre.npy", "neighbours_post.npy",
+                 "neighbour_sims_post.npy", "probs.npy", "cv_probs.npy", "ensemble_probs.npy", "thumbs.npy",
                  "model.safetensors", "skipped.csv", "run.log", "config.json", "review.json",
                  "queue_learned.npz", "duplicates.csv")
 
@@ -872,6 +882,36 @@ class Run:
     def features(self, which: str = "pre") -> np.ndarray | None:
         """(N, D) features: ``which`` is "pre" (pretrained) or "post" (after FFT)."""
         return self._npy(f"features_{which}.npy")
+
+    @staticmethod
+    def neighbour_files(which: str) -> tuple[str, str]:
+        """File names of view ``which``'s saved neighbours: (indices, similarities)."""
+        return f"neighbours_{which}.npy", f"neighbour_sims_{which}.npy"
+
+    def neighbours(self, which: str = "pre") -> tuple[np.ndarray, np.ndarray] | None:
+        """The saved neighbours of feature view ``which`` ("pre" or "post"): (indices (N, k)
+        int32, similarities (N, k) float16) as read-only memmaps, row i most similar first.
+
+        None when either file is missing, unreadable, of mismatched shapes, or older than
+        features_<which>.npy (stale: the features were written again since). Only a result is
+        cached, so a file written after a None (an older run's first open) is found next call.
+        """
+        key = f"neighbours:{which}"
+        if key in self._cache:
+            return self._cache[key]
+        paths = [self.dir / n for n in self.neighbour_files(which)]
+        feats = self.dir / f"features_{which}.npy"
+        try:
+            stamp = min(p.stat().st_mtime for p in paths)
+            if feats.exists() and stamp < feats.stat().st_mtime:
+                return None
+            idx, sims = (np.load(p, mmap_mode="r", allow_pickle=False) for p in paths)
+        except (OSError, ValueError):
+            return None
+        if idx.ndim != 2 or idx.shape != sims.shape:
+            return None
+        self._cache[key] = (idx, sims)
+        return self._cache[key]
 
     def thumbs(self) -> np.ndarray | None:
         """(N, T, T, 3) uint8 thumbnails; row i is samples row i."""

@@ -30,25 +30,32 @@ def normalise_rows(features: np.ndarray) -> np.ndarray:
 
 
 def knn_label_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, k: int = 10,
-                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+                    chunk: int = 2048, *, method: str = "auto", device: str | None = None,
+                    neighbours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cosine k-NN label vote (SimiFeat-style), excluding each sample itself.
 
-    features (N, D); returns (probs (N, K): share of neighbours per class, neighbours (N, k)).
+    features (N, D); returns (probs (N, K): share of neighbours per class, neighbours (N, k)
+    int64, most similar first). The neighbours come from ``knn.search`` (``method``: a
+    ``knn.CHOICES`` name, "auto" = exact up to ``knn.EXACT_MAX`` rows on a CPU and always on a
+    GPU; ``device`` as there) unless ``neighbours``, an (N, k') graph already searched (the
+    run's saved one), is given: then its first k columns vote and ``features`` is not read.
     """
-    f = normalise_rows(features)
-    n = len(f)
-    k = max(1, min(k, n - 1))
-    nbrs = np.zeros((n, k), dtype=np.int64)
-    for s in range(0, n, chunk):
-        sim = f[s:s + chunk] @ f.T
-        rows = np.arange(sim.shape[0])
-        sim[rows, s + rows] = -np.inf  # not your own neighbour
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1)
-        nbrs[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+    if neighbours is None:
+        from .knn import search
+
+        neighbours, _ = search(features, k, method=method, device=device, chunk=chunk)
+    nbrs = np.asarray(neighbours[:, :k], dtype=np.int64)
+    return label_vote(nbrs, labels, n_classes), nbrs
+
+
+def label_vote(neighbours: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, K) share of each row's ``neighbours`` (N, k) int whose given ``labels`` (N,) is each
+    class; all zeros when k = 0 (a single sample has no neighbour)."""
+    n, k = neighbours.shape
     probs = np.zeros((n, n_classes))
-    np.add.at(probs, (np.repeat(np.arange(n), k), labels[nbrs].ravel()), 1.0 / k)
-    return probs, nbrs
+    if k:
+        np.add.at(probs, (np.repeat(np.arange(n), k), np.asarray(labels)[neighbours].ravel()), 1.0 / k)
+    return probs
 
 
 def margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -100,16 +107,37 @@ def select_views(cv_probs: list[np.ndarray], labels: np.ndarray, tolerance: floa
 
 def build_signals(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray, losses: np.ndarray,
                   features: list[np.ndarray], cv_probs: list[np.ndarray], *, knn_k: int = 10,
-                  tau: float = 0.5) -> Signals:
+                  tau: float = 0.5, neighbours: list | None = None, knn_method: str = "auto",
+                  device: str | None = None) -> Signals:
     """Signals from a run's arrays: keeps the trusted feature views (``select_views``), averages
     their out-of-fold probabilities and their neighbour votes, and lets the final model join the
-    ensemble when a fine-tuned view exists and is trusted."""
+    ensemble when a fine-tuned view exists and is trusted.
+
+    neighbours: per view, (indices (N, k), sims (N, k)) already searched (``view_neighbours``;
+    ``score_step`` passes every view's, so they are searched once per run); None or a view
+    left out: the trusted views are searched here with ``knn_method`` on ``device``."""
     keep = select_views(cv_probs, labels)
     k = probs.shape[1]
-    knn = np.mean([knn_label_probs(features[i], labels, k, knn_k)[0] for i in keep], axis=0)
+    given = list(neighbours or [])
+    graphs = {i: given[i][0] if i < len(given) else None for i in keep}
+    knn = np.mean([knn_label_probs(features[i], labels, k, knn_k, method=knn_method, device=device,
+                                   neighbours=graphs[i])[0] for i in keep], axis=0)
     return Signals(labels=labels, probs=probs, clean_prob=clean_prob, losses=losses, knn_probs=knn,
                    tau=tau, cv_probs=np.mean([cv_probs[i] for i in keep], axis=0),
                    extra={"views": keep, "final_model_in_ensemble": any(i > 0 for i in keep)})
+
+
+def view_neighbours(features: list[np.ndarray], k: int, *, method: str = "auto", device: str | None = None,
+                    done: list | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every view's neighbours: one (indices (N, k) int64, sims (N, k) float32) per (N, D) array
+    of ``features``, by ``knn.search``; ``done``: the first views' pairs, already searched (the
+    provisional table's pretrained view), kept as they are."""
+    from .knn import search
+
+    out = list(done or [])[:len(features)]
+    for f in features[len(out):]:
+        out.append(search(f, k, method=method, device=device))
+    return out
 
 
 def signals_from_run(run) -> Signals:
@@ -327,7 +355,7 @@ def score_and_flag(s: Signals, score: str | None = None, flag_rule: str | None =
 
 def score_step(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray, losses: np.ndarray,
                features: list[np.ndarray], config: RunConfig, *, cv_probs: list[np.ndarray] | None = None,
-               cancel=None, device="cpu") -> tuple[Signals, dict, list[np.ndarray]]:
+               neighbours: list | None = None, cancel=None, device="cpu") -> tuple[Signals, dict, list[np.ndarray]]:
     """The run's scoring step, as the pipeline calls it (its provisional and final tables) and
     ``bench/scale.py`` times it: out-of-fold probes, neighbour votes, score and flags.
 
@@ -335,8 +363,11 @@ def score_step(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray, lo
     posterior; losses (E, N); features: one (N, D) array per view (pretrained first; float16
     memmaps are fine). cv_probs: out-of-fold probabilities already computed for the first
     views (the provisional table's pretrained probe); the others are computed here with
-    Phase I's recipe from ``config``. Returns (Signals, score_and_flag's dict with suspicion
-    rounded to the 6 decimals samples.csv holds, every view's cv_probs).
+    Phase I's recipe from ``config``. neighbours: likewise the first views' (indices, sims)
+    pairs; every other view is searched here (``config.knn_method``, ``config.knn_k``, on
+    ``device``), trusted or not, because the run saves every view's neighbours. Returns
+    (Signals, whose ``extra["neighbours"]`` holds every view's pair, score_and_flag's dict with
+    suspicion rounded to the 6 decimals samples.csv holds, every view's cv_probs).
     """
     from .train import cross_val_linear_probs
 
@@ -346,7 +377,10 @@ def score_step(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray, lo
         cv.append(cross_val_linear_probs(f, labels, k, q=config.gce_q, epochs=config.lp_epochs, lr=config.lp_lr,
                                          batch_size=config.batch_size, min_steps_per_epoch=config.lp_min_steps,
                                          seed=config.seed, cancel=cancel, device=device))
-    sig = build_signals(labels, probs, clean_prob, losses, features, cv, knn_k=config.knn_k, tau=config.tau)
+    nbrs = view_neighbours(features, config.knn_k, method=config.knn_method, device=str(device), done=neighbours)
+    sig = build_signals(labels, probs, clean_prob, losses, features, cv, knn_k=config.knn_k, tau=config.tau,
+                        neighbours=nbrs)
+    sig.extra["neighbours"] = nbrs
     result = score_and_flag(sig, config.score, config.flag_rule)
     # metrics.json must describe samples.csv exactly, so both use the 6 decimals written there
     result["suspicion"] = np.round(result["suspicion"], 6)

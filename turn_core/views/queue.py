@@ -258,21 +258,24 @@ CONFLICT_CHOICES = ("a", "b", "keep", "exclude")   # both get a's label, both b'
 
 
 def compute_duplicates(run_dir, threshold: float | None = None):
-    """Near-duplicate pairs (pretrained features) and exact duplicates (thumbnail pixels) of a
-    run as ``duplicates.duplicate_table``; written to DUPLICATES_FILE and returned. An empty
-    table when the run has no features and no thumbnails."""
+    """Near-duplicate pairs (among the run's saved neighbours of the pretrained features) and
+    exact duplicates (thumbnail pixels) of a run as ``duplicates.duplicate_table``; written to
+    DUPLICATES_FILE and returned. A run without saved neighbours gets them searched and saved
+    once (``neighbours.saved_neighbours``). An empty table when the run has no features, no
+    neighbours and no thumbnails."""
     from .. import duplicates as dup
     from ..rundir import Run
+    from .neighbours import saved_neighbours
 
     run = Run(run_dir)
-    s = run.samples()
+    s = run.samples(["given_label"])
     names = run.classes or sorted(set(s["given_label"]))
     labels = s["given_label"].map({c: i for i, c in enumerate(names)}).to_numpy()
-    feats = run.features("pre")
+    graph = saved_neighbours(run, "pre")
     pairs, sims = (np.zeros((0, 2), dtype=np.int64), np.zeros(0))
-    if feats is not None and len(feats) == len(s):
-        pairs, sims = dup.near_duplicate_pairs(np.asarray(feats, dtype=np.float32),
-                                               dup.NEAR_DUPLICATE_SIMILARITY if threshold is None else threshold)
+    if graph is not None and len(graph[0]) == len(s):
+        pairs, sims = dup.near_duplicate_pairs(None, dup.NEAR_DUPLICATE_SIMILARITY if threshold is None else threshold,
+                                               neighbours=graph[0], similarities=graph[1])
     thumbs = run.thumbs()
     exact = dup.exact_duplicate_groups(thumbs) if thumbs is not None and len(thumbs) == len(s) else []
     table = dup.duplicate_table(pairs, sims, labels, names, exact)
