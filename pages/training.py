@@ -6,6 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _shared as sh
+from pages import _state as keys
 from turn_core import views
 from turn_core.rundir import Run
 
@@ -43,6 +44,17 @@ def tail(path: Path, n: int = 40) -> str:
         return ""
 
 
+def events(run_dir: Path, final: bool = False) -> list[dict]:
+    """The run's events so far, through this session's ``views.EventTail``: a poll parses only
+    what was appended since the last one, never the whole events.jsonl again."""
+    key = keys.event_tail(str(run_dir))
+    tail = st.session_state.get(key)
+    if not isinstance(tail, views.EventTail):
+        tail = st.session_state[key] = views.EventTail(run_dir / "events.jsonl")
+    tail.read(final=final)
+    return tail.events
+
+
 def render(run_dir: Path) -> str:
     run = Run(run_dir)
     status = run.status
@@ -52,8 +64,7 @@ def render(run_dir: Path) -> str:
         state, status = "failed", dict(status, error=job.get("error"))
     st.markdown(f"**Run {run_dir.name}** · {sh.state_label(state)} · method "
                 f"**{run.settings.get('method', status.get('method', '?'))}**")
-    ev = run.events()
-    p = views.progress_summary(ev)
+    p = views.progress_summary(events(run_dir, final=state != "running"))
 
     if state == "running":
         c = st.columns(5)
@@ -104,7 +115,7 @@ def render_charts(run_dir: Path) -> None:
     import pandas as pd
     import plotly.express as px
 
-    p = views.progress_summary(Run(run_dir).events())
+    p = views.progress_summary(events(run_dir))
 
     left, right = st.columns(2)
     with left:

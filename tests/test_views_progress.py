@@ -34,3 +34,34 @@ def test_progress_summary_live_and_epochs():
     assert [(r["panel"], r["x"]) for r in views.loss_curve_rows(no_steps)] == [
         ("LP (GCE, per epoch)", 1), ("FFT (CE, per epoch)", 1)]
     assert views.loss_curve_rows(empty) == []
+
+
+def test_event_tail_parses_only_appended_lines_and_waits_for_a_torn_one(tmp_path, monkeypatch):
+    import json
+
+    from turn_core.views import progress as vp
+
+    path = tmp_path / "events.jsonl"
+    tail = views.EventTail(path)
+    assert tail.read() == [] and tail.events == []          # no file yet
+    lines = [json.dumps({"t": i, "phase": "lp", "kind": "epoch", "epoch": i, "epochs": 3}) for i in (1, 2, 3)]
+    path.write_text(lines[0] + "\n" + lines[1][:10], encoding="utf-8")   # the second line half written
+    assert [e["epoch"] for e in tail.read()] == [1]
+    assert tail.offset == len(lines[0]) + 1
+    parsed = []
+    real = vp._parse_line
+    monkeypatch.setattr(vp, "_parse_line", lambda line: parsed.append(line) or real(line))
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines[1][10:] + "\n" + "{broken\n" + lines[2] + "\n")
+    assert [e["epoch"] for e in tail.read()] == [2, 3]       # the torn line, completed, is read now
+    assert parsed == [lines[1].encode(), b"{broken", lines[2].encode()]   # line 1 was not parsed again
+    assert tail.read() == [] and len(parsed) == 3
+    assert [e["epoch"] for e in tail.events] == [1, 2, 3]
+    assert views.progress_summary(tail.events)["epoch"] == views.progress_summary(
+        [json.loads(x) for x in lines])["epoch"] == 3
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"t": 9, "kind": "timing"}')                # no newline: left until final
+    assert tail.read() == [] and tail.read(final=True) == [{"t": 9, "kind": "timing"}]
+    path.unlink()                                            # a new run in the same folder
+    path.write_text(lines[2] + "\n", encoding="utf-8")
+    assert [e["epoch"] for e in tail.read()] == [3] and len(tail.events) == 1

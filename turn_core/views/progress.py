@@ -1,10 +1,14 @@
 """Where a run is, from its event log (``events.jsonl``): phase, epoch, speed, ETA and curves.
 
-The Training page reads only this summary; the events themselves stay on disk.
+The Training page reads only this summary; the events themselves stay on disk and are read
+incrementally (``EventTail``: only the bytes appended since the last poll are parsed).
 """
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 PHASE_NAMES = {"cache": "decoding images", "features": "extracting features",
@@ -115,3 +119,53 @@ def loss_curve_rows(progress: dict) -> list[dict]:
         rows += [{"panel": "FFT (CE, per epoch)", "x": r["epoch"], "loss": r["loss"]}
                  for r in progress["loss_epochs"] if r["phase"] == "fft"]
     return rows
+
+
+class EventTail:
+    """The events of one ``events.jsonl``, read incrementally: each ``read`` parses only the
+    complete lines appended since the byte ``offset`` it last read to.
+
+    A last line without its newline is a line the writer is still writing (or a process killed
+    mid-write tore): it is left for the next read, unless ``final`` says nothing more will come.
+    A file that shrank or was replaced (a new run in the same folder) is read again from its
+    start. Unreadable lines are skipped, as ``Run.events`` skips them. ``events``: every event
+    read so far, oldest first; not thread-safe (one per browser session).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offset = 0                  # bytes of the file parsed so far (always a line end)
+        self.events: list[dict] = []
+        self._inode: int | None = None
+
+    def read(self, final: bool = False) -> list[dict]:
+        """Parse what was appended since the last read; returns the new events (also added to
+        ``events``). ``final``: parse a last line without newline too (the run has ended)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._restart(None)
+            return []
+        if st.st_ino != self._inode or st.st_size < self.offset:
+            self._restart(st.st_ino)
+        if st.st_size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(st.st_size - self.offset)   # not past the size seen: a line may be growing
+        end = len(data) if final else data.rfind(b"\n") + 1
+        self.offset += end
+        new = [ev for ev in map(_parse_line, data[:end].splitlines()) if ev is not None]
+        self.events.extend(new)
+        return new
+
+    def _restart(self, inode: int | None) -> None:
+        self.offset, self.events, self._inode = 0, [], inode
+
+
+def _parse_line(line: bytes) -> dict | None:
+    try:
+        ev = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return ev if isinstance(ev, dict) else None
