@@ -135,7 +135,19 @@ def render_charts(run_dir: Path) -> None:
             st.caption("No loss reported yet.")
     with right:
         st.markdown("**Clean samples per class (FFT epochs)**")
-        if p["clean"]:
+        n_classes = len({r["class"] for r in p["clean"]})
+        if p["clean"] and n_classes > views.GRID_MAX_CLASSES:
+            # one line per class is unreadable at 1,000 classes: the fewest / median / most
+            spread = pd.DataFrame(views.per_class_spread(p["kept"] or p["clean"], "kept" if p["kept"] else "clean"))
+            fig = px.line(spread, x="epoch", y=spread.columns[-1], color="class", markers=True, height=300,
+                          labels={spread.columns[-1]: "samples", "class": f"over {n_classes:,} classes"})
+            fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
+            st.plotly_chart(fig, width="stretch", key="clean_curve")
+            drawn = pd.DataFrame(p["clean"]).groupby("epoch")["clean"].min()
+            st.caption(f"Samples per class {'kept (passed τ)' if p['kept'] else 'in the clean set'}, the fewest, "
+                       "median and most over the classes · drawn per class (n) by epoch: "
+                       + ", ".join(f"{e}: {int(n)}" for e, n in drawn.items()))
+        elif p["clean"]:
             df = pd.DataFrame(p["clean"])
             if p["kept"]:
                 # kept = passed the GMM's τ; TURN then draws n = the smallest kept count from each

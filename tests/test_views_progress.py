@@ -65,3 +65,12 @@ def test_event_tail_parses_only_appended_lines_and_waits_for_a_torn_one(tmp_path
     path.unlink()                                            # a new run in the same folder
     path.write_text(lines[2] + "\n", encoding="utf-8")
     assert [e["epoch"] for e in tail.read()] == [3] and len(tail.events) == 1
+
+
+def test_per_class_spread_summarises_many_classes():
+    rows = [{"epoch": e, "class": f"c{c}", "kept": c * e} for e in (1, 2) for c in range(1000)]
+    spread = views.per_class_spread(rows, "kept")
+    assert [(r["epoch"], r["class"], r["kept"]) for r in spread] == [
+        (1, "fewest", 0.0), (1, "median", 499.5), (1, "most", 999.0),
+        (2, "fewest", 0.0), (2, "median", 999.0), (2, "most", 1998.0)]
+    assert views.per_class_spread([], "kept") == []

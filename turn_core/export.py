@@ -332,7 +332,8 @@ def write_label_studio_json(run_dir: str | Path | Run, out_path: str | Path,
 
 
 def write_downloads(run_dir: str | Path | Run, rule: SuspectRule | None = None, *,
-                    folder: str | Path | None = None, chunk_rows: int = CHUNK_ROWS) -> dict[str, Path]:
+                    folder: str | Path | None = None, corrected: pd.DataFrame | None = None,
+                    chunk_rows: int = CHUNK_ROWS) -> dict[str, Path]:
     """The Export page's downloads as files, written only when what they are made of changed.
 
     Writes ``corrected`` (corrected_labels.csv, spreadsheet-safe), ``manifest`` (the cleaned
@@ -340,7 +341,8 @@ def write_downloads(run_dir: str | Path | Run, rule: SuspectRule | None = None, 
     tasks) into ``folder`` (default ``RUN_DIR/exports/.downloads``) and returns their paths.
     ``download_key`` (last decision id, suspect rule, table file) is saved beside them: when it
     is unchanged and the files are there, nothing is read or written (a page calls this on every
-    rerun). Raises ``InputError`` when the run has no samples table or the folder is not writable.
+    rerun). ``corrected``: ``corrected_labels(run, rule)`` when already at hand. Raises
+    ``InputError`` when the run has no samples table or the folder is not writable.
     """
     run = _run(run_dir)
     rule = rule or suspect_rule(run)
@@ -354,7 +356,7 @@ def write_downloads(run_dir: str | Path | Run, rule: SuspectRule | None = None, 
         saved = None
     if saved == key and all(p.is_file() for p in paths.values()):
         return paths
-    corrected = corrected_labels(run, rule)
+    corrected = corrected_labels(run, rule) if corrected is None else corrected
     write_corrected_csv(run, paths["corrected"], rule=rule, corrected=corrected, chunk_rows=chunk_rows)
     _stream_table(clean_manifest(run, corrected), paths["manifest"], spreadsheet_safe=False,
                   what="cleaned manifest", chunk_rows=chunk_rows)

@@ -40,7 +40,7 @@ from .neighbours import (
     neighbour_vote,
     normalise_rows,
 )
-from .progress import PHASE_NAMES, EventTail, loss_curve_rows, progress_summary
+from .progress import PHASE_NAMES, EventTail, loss_curve_rows, per_class_spread, progress_summary
 from .queue import (
     REVIEW_STATUSES,
     after_decision,
@@ -113,6 +113,7 @@ __all__ = [
     "normalise_rows",
     "paginate",
     "pair_counts",
+    "per_class_spread",
     "png_bytes",
     "pr_curve",
     "progress_summary",

@@ -121,6 +121,27 @@ def loss_curve_rows(progress: dict) -> list[dict]:
     return rows
 
 
+SPREAD = ("fewest", "median", "most")   # what per_class_spread draws instead of one line per class
+
+
+def per_class_spread(rows: list[dict], value: str) -> list[dict]:
+    """Per epoch, the fewest / median / most of ``value`` over the classes of ``rows`` (dicts
+    with epoch, class, ``value``, as ``progress_summary``'s ``clean`` and ``kept``): three lines
+    a chart can show where one line per class (1,000 classes) would be unreadable. Rows
+    (epoch, class = a ``SPREAD`` name, ``value``)."""
+    import numpy as np
+
+    by_epoch: dict = {}
+    for r in rows:
+        by_epoch.setdefault(r.get("epoch"), []).append(float(r[value]))
+    out = []
+    for epoch, values in by_epoch.items():
+        v = np.asarray(values)
+        for name, x in zip(SPREAD, (v.min(), float(np.median(v)), v.max())):
+            out.append({"epoch": epoch, "class": name, value: float(x)})
+    return out
+
+
 class EventTail:
     """The events of one ``events.jsonl``, read incrementally: each ``read`` parses only the
     complete lines appended since the byte ``offset`` it last read to.
