@@ -86,9 +86,12 @@ def corrected_labels(run_dir: str | Path | Run, rule: SuspectRule | None = None)
     suggested = s["suggested_label"].astype(str).to_numpy(object)
     final, decision, issue = apply_decisions(index, given, suggested, suspect,
                                              ReviewStore(run.dir).latest())
+    # Text columns stay Python objects: converting a million strings to pandas' string type and
+    # back (for writing) would cost more than the rest of the export.
+    text = {"path": s["path"].astype(str).to_numpy(object), "given_label": given, "suggested_label": suggested,
+            "final_label": final, "decision": decision}
     return pd.DataFrame({
-        "path": s["path"].astype(str).to_numpy(object), "given_label": given, "suggested_label": suggested,
-        "final_label": final, "decision": decision,
+        **{k: pd.Series(v, dtype=object) for k, v in text.items()},
         "suspicion": pd.to_numeric(s["suspicion"], errors="coerce").to_numpy(float),
         "is_label_issue": issue,
     }, columns=CORRECTED_COLUMNS)
@@ -487,13 +490,25 @@ def _write_csv_rows(f, header: list[str], columns: Sequence, spreadsheet_safe: b
     ``columns``: one sequence per header name (a Series, array or list), all of one length."""
     w = csv.writer(f, lineterminator="\r\n")
     w.writerow([_spreadsheet_safe(h) for h in header] if spreadsheet_safe else header)
+    if spreadsheet_safe:
+        columns = [_safe_column(col) for col in columns]
     n = len(columns[0]) if len(columns) else 0
     for start in range(0, n, max(int(chunk_rows), 1)):
         # Python objects first: csv then writes 0.25 / 1, never "np.float64(0.25)".
-        part = [_tolist(col[start:start + chunk_rows]) for col in columns]
-        if spreadsheet_safe:
-            part = [[_spreadsheet_safe(v) for v in col] for col in part]
-        w.writerows(zip(*part))
+        w.writerows(zip(*[_tolist(col[start:start + chunk_rows]) for col in columns]))
+
+
+def _safe_column(values) -> np.ndarray:
+    """``spreadsheet_safe`` over a column, applied once per distinct value: a label column of a
+    million rows holds a few classes, and a numeric column is returned as is (the function
+    leaves numbers unchanged), so a 1M-row export makes thousands of calls, not millions."""
+    values = np.asarray(values)
+    if values.dtype != object:
+        return values
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    safe = np.empty(len(uniques), dtype=object)
+    safe[:] = [_spreadsheet_safe(v) for v in uniques]
+    return safe[codes]
 
 
 def _tolist(values) -> list:
