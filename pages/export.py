@@ -11,6 +11,7 @@ from pages import _state as keys
 from turn_core import export as ex
 from turn_core import views
 from turn_core.errors import InputError
+from turn_core.rundir import Run
 
 SHOW_ROWS = 2_000   # rows of the corrected table drawn in the browser (the files hold them all)
 
@@ -35,24 +36,30 @@ st.markdown(f"**{n_rev} images reviewed** of {len(df)} · unreviewed images keep
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _tables(run_dir_s: str, key: str, _rule) -> dict:
+def _table_run(run_dir_s: str, stamp: tuple) -> Run:
+    """A ``Run`` kept per samples table: it caches the columns the exports read, so a new
+    decision re-applies the decisions without reading the table again."""
+    return Run(run_dir_s)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _tables(run_dir_s: str, key: str, _run: Run, _rule) -> dict:
     """The corrected table and what is counted from it, once per ``export.download_key``
     (decisions, suspect rule, table file): not per rerun. Shared: never modify it."""
-    corrected = ex.corrected_labels(run_dir_s, _rule)
+    corrected = ex.corrected_labels(_run, _rule)
     out = {"corrected": corrected, "changes": None, "outcome": None, "errors": {}}
     for what, fn in (("changes", ex.changes_per_class), ("outcome", ex.review_outcome)):
         try:
-            out[what] = fn(run_dir_s, corrected)
+            out[what] = fn(_run, corrected)
         except Exception as e:  # noqa: BLE001 - shown next to the table that is missing
             out["errors"][what] = str(e)
     return out
 
 
 try:
+    table_run = _table_run(str(run.dir), sh.table_stamp(run))
     key = ex.download_key(run, rule)
-    tables = _tables(str(run.dir), json.dumps(key, sort_keys=True), rule)
-    # Written only when the key changed since the files were last written (in any process).
-    files = ex.write_downloads(run, rule, corrected=tables["corrected"])
+    tables = _tables(str(run.dir), json.dumps(key, sort_keys=True), table_run, rule)
 except InputError as e:
     st.error(str(e))
     st.stop()
@@ -60,9 +67,14 @@ corrected = tables["corrected"]
 exports_dir = run.dir / "exports"
 
 
-def _file(path: Path):
-    """The download's bytes, read when the button is clicked (not on every rerun)."""
-    return lambda: path.read_bytes()
+def _file(name: str):
+    """The download's bytes, made when the button is clicked (Streamlit calls this then, in
+    another thread), from the file ``export.download_file`` keeps: written again only when the
+    decisions, the cut-off or the table changed since it was last written, never per rerun."""
+    def data() -> bytes:
+        same = ex.download_key(run, rule) == key   # else the table shown is older than the file
+        return ex.download_file(table_run, name, rule, corrected=corrected if same else None).read_bytes()
+    return data
 
 
 def _write_corrected() -> None:
@@ -82,7 +94,7 @@ st.caption("Columns: `path, given_label, suggested_label, final_label, decision,
            "excluded images. `is_label_issue` is 1 when the label is wrong: 1 for a suspect (suspicion ≥ the "
            "cut-off above) until someone reviewed the image, then the reviewer's answer.")
 c1, c2 = st.columns([2, 3])
-c1.download_button("Download corrected_labels.csv", _file(files["corrected"]),
+c1.download_button("Download corrected_labels.csv", _file("corrected"),
                    file_name=f"corrected_labels-{run.dir.name}.csv",
                    mime="text/csv", type="primary", key="dl_corrected", on_click=_write_corrected)
 c2.caption(f"Also written to `{exports_dir / 'corrected_labels.csv'}` when you download, or with "
@@ -128,11 +140,11 @@ with right:
 # ------------------------------------------------------------------ manifest & Label Studio
 st.subheader("Cleaned manifest and Label Studio")
 c1, c2, c3 = st.columns(3)
-c1.download_button("Download cleaned manifest (CSV)", _file(files["manifest"]),
+c1.download_button("Download cleaned manifest (CSV)", _file("manifest"),
                    file_name=f"cleaned-{run.dir.name}.csv", mime="text/csv", key="dl_manifest",
                    help="path,label — excluded images dropped, corrected labels applied; "
                         "paths relative to the dataset folder. Reads back into turn_core unchanged.")
-c2.download_button(f"Download Label Studio tasks ({n_suspects} suspects)", _file(files["label_studio"]),
+c2.download_button(f"Download Label Studio tasks ({n_suspects} suspects)", _file("label_studio"),
                    file_name=f"label_studio_tasks-{run.dir.name}.json", mime="application/json",
                    key="dl_ls", help="Predictions with a `score` for each suspect, most suspicious first.")
 c2.download_button("Download Label Studio config (XML)", ex.label_studio_config(run.classes).encode("utf-8"),

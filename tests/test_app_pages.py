@@ -390,22 +390,22 @@ def test_training_page_reads_only_appended_events(clean_env, monkeypatch):
     assert tail.events[-1]["loss"] == 0.1 and tail.offset < (d / "events.jsonl").stat().st_size
 
 
-def test_export_downloads_are_written_once_per_change_of_the_decisions(clean_env):
+def test_export_page_writes_no_file_per_rerun_and_follows_a_decision(clean_env):
     from turn_core import export as ex
 
     d = make_fake_run(clean_env / "fin", n=40)
     at = app("fin").run()
     at.switch_page("pages/export.py").run()
     no_exception(at)
-    files = d / ex.DOWNLOADS
-    stamps = {p.name: p.stat().st_mtime_ns for p in files.iterdir()}
-    assert {"corrected_labels.csv", "cleaned_manifest.csv", "label_studio_tasks.json"} <= set(stamps)
-    assert not list((d / "exports").glob("*.tmp")) and not list(files.glob("*.tmp"))
-    at.toggle(key="ex_changed").set_value(False).run()          # a rerun without a new decision
+    assert not (d / ex.DOWNLOADS).exists()            # downloads are written when clicked, not drawn
+    at.toggle(key="ex_changed").set_value(False).run()
     no_exception(at)
-    assert {p.name: p.stat().st_mtime_ns for p in files.iterdir()} == stamps
+    assert not (d / ex.DOWNLOADS).exists()
+    shown = at.dataframe[0].value
+    assert (shown["decision"] == "unreviewed").all() and len(shown) == 40
     ReviewStore(d).record(0, "exclude", None, "ann")
     at.run()
     no_exception(at)
-    assert (files / "corrected_labels.csv").stat().st_mtime_ns != stamps["corrected_labels.csv"]
-    assert (files / "corrected_labels.csv").read_bytes() == ex.write_corrected_csv(d, d / "x.csv").read_bytes()
+    shown = at.dataframe[0].value
+    assert shown.loc[0, "decision"] == "exclude" and shown.loc[0, "final_label"] == ""
+    assert not (d / ex.DOWNLOADS).exists()

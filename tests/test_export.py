@@ -522,3 +522,17 @@ def test_downloads_are_written_once_per_change_of_the_decisions(run, monkeypatch
     export.write_downloads(run)
     assert len(calls) == 2
     assert json.loads(paths["label_studio"].read_text()) == export.label_studio_tasks(run)
+
+
+def test_download_file_writes_one_file_per_key(run, monkeypatch):
+    path = export.download_file(run, "label_studio")
+    assert path.name == export.DOWNLOAD_FILES["label_studio"]
+    assert not (path.parent / export.DOWNLOAD_FILES["corrected"]).exists()   # only the one asked for
+    stamp = path.stat().st_mtime_ns
+    monkeypatch.setattr(export, "write_label_studio_json", lambda *a, **k: pytest.fail("rewritten"))
+    assert export.download_file(run, "label_studio") == path and path.stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    ReviewStore(run).undo_last("nobody")              # nothing to undo: no new row, same key
+    assert export.download_file(run, "label_studio").stat().st_mtime_ns == stamp
+    with pytest.raises(InputError, match="not one of"):
+        export.download_file(run, "everything")

@@ -55,7 +55,8 @@ _NEEDED = ["path", "given_label", "suggested_label", "suspicion", "flagged"]
 # by chunk); big enough that the per-chunk overhead does not show.
 CHUNK_ROWS = 50_000
 DOWNLOADS = "exports/.downloads"      # the Export page's download files, under RUN_DIR
-_DOWNLOAD_KEY = "key.json"            # what those files were written from (see write_downloads)
+DOWNLOAD_FILES = {"corrected": "corrected_labels.csv", "manifest": "cleaned_manifest.csv",
+                  "label_studio": "label_studio_tasks.json"}   # name → file (see download_file)
 
 
 # --------------------------------------------------------------------------- tables
@@ -337,35 +338,63 @@ def write_label_studio_json(run_dir: str | Path | Run, out_path: str | Path,
 def write_downloads(run_dir: str | Path | Run, rule: SuspectRule | None = None, *,
                     folder: str | Path | None = None, corrected: pd.DataFrame | None = None,
                     chunk_rows: int = CHUNK_ROWS) -> dict[str, Path]:
-    """The Export page's downloads as files, written only when what they are made of changed.
-
-    Writes ``corrected`` (corrected_labels.csv, spreadsheet-safe), ``manifest`` (the cleaned
-    manifest, paths relative to the dataset root, verbatim) and ``label_studio`` (the suspects'
-    tasks) into ``folder`` (default ``RUN_DIR/exports/.downloads``) and returns their paths.
-    ``download_key`` (last decision id, suspect rule, table file) is saved beside them: when it
-    is unchanged and the files are there, nothing is read or written (a page calls this on every
-    rerun). ``corrected``: ``corrected_labels(run, rule)`` when already at hand. Raises
-    ``InputError`` when the run has no samples table or the folder is not writable.
-    """
+    """Every file of ``DOWNLOAD_FILES`` through ``download_file``; returns {name: path}. The
+    corrected table is built at most once, and only when a file made from it is out of date."""
     run = _run(run_dir)
     rule = rule or suspect_rule(run)
     out = Path(folder) if folder is not None else run.dir / DOWNLOADS
-    paths = {"corrected": out / "corrected_labels.csv", "manifest": out / "cleaned_manifest.csv",
-             "label_studio": out / "label_studio_tasks.json"}
     key = download_key(run, rule)
+    if corrected is None and not all(_fresh(out / DOWNLOAD_FILES[n], key) for n in ("corrected", "manifest")):
+        corrected = corrected_labels(run, rule)
+    return {name: download_file(run, name, rule, folder=folder, corrected=corrected, chunk_rows=chunk_rows)
+            for name in DOWNLOAD_FILES}
+
+
+def _fresh(path: Path, key: dict) -> bool:
+    """Whether ``path`` exists and was written from ``key`` (its ``.key.json`` says so)."""
     try:
-        saved = json.loads((out / _DOWNLOAD_KEY).read_text(encoding="utf-8"))
+        return path.is_file() and json.loads(_key_path(path).read_text(encoding="utf-8")) == key
     except (OSError, ValueError):
-        saved = None
-    if saved == key and all(p.is_file() for p in paths.values()):
-        return paths
-    corrected = corrected_labels(run, rule) if corrected is None else corrected
-    write_corrected_csv(run, paths["corrected"], rule=rule, corrected=corrected, chunk_rows=chunk_rows)
-    _stream_table(clean_manifest(run, corrected), paths["manifest"], spreadsheet_safe=False,
-                  what="cleaned manifest", chunk_rows=chunk_rows)
-    write_label_studio_json(run, paths["label_studio"], rule=rule)
-    _atomic_text(out / _DOWNLOAD_KEY, json.dumps(key) + "\n", "download key")
-    return paths
+        return False
+
+
+def _key_path(path: Path) -> Path:
+    return path.with_name(path.name + ".key.json")   # one per file: two clicks never race on it
+
+
+def download_file(run_dir: str | Path | Run, name: str, rule: SuspectRule | None = None, *,
+                  folder: str | Path | None = None, corrected: pd.DataFrame | None = None,
+                  chunk_rows: int = CHUNK_ROWS) -> Path:
+    """One of the Export page's downloads as a file, written only when what it is made of changed.
+
+    ``name``: a ``DOWNLOAD_FILES`` key — ``corrected`` (corrected_labels.csv, spreadsheet-safe),
+    ``manifest`` (the cleaned manifest, paths relative to the dataset root, verbatim) or
+    ``label_studio`` (the suspects' tasks). Written into ``folder`` (default
+    ``RUN_DIR/exports/.downloads``) with its ``download_key`` (last decision id, suspect rule,
+    table file) beside it; while the key is unchanged and the file is there, nothing is read or
+    written, so a page may call this on every click. ``corrected``: ``corrected_labels(run,
+    rule)`` when already at hand. Raises ``InputError`` for an unknown ``name``, a run without
+    a samples table or a folder that is not writable.
+    """
+    if name not in DOWNLOAD_FILES:
+        raise InputError(f"download {name!r} is not one of {', '.join(DOWNLOAD_FILES)}")
+    run = _run(run_dir)
+    rule = rule or suspect_rule(run)
+    path = (Path(folder) if folder is not None else run.dir / DOWNLOADS) / DOWNLOAD_FILES[name]
+    key = download_key(run, rule)
+    if _fresh(path, key):
+        return path
+    if name == "label_studio":
+        write_label_studio_json(run, path, rule=rule)
+    else:
+        corrected = corrected_labels(run, rule) if corrected is None else corrected
+        if name == "corrected":
+            write_corrected_csv(run, path, rule=rule, corrected=corrected, chunk_rows=chunk_rows)
+        else:
+            _stream_table(clean_manifest(run, corrected), path, spreadsheet_safe=False,
+                          what="cleaned manifest", chunk_rows=chunk_rows)
+    _atomic_text(_key_path(path), json.dumps(key) + "\n", "download key")
+    return path
 
 
 def download_key(run_dir: str | Path | Run, rule: SuspectRule) -> dict:
@@ -566,6 +595,7 @@ __all__ = [
     "CHUNK_ROWS",
     "CORRECTED_COLUMNS",
     "DOWNLOADS",
+    "DOWNLOAD_FILES",
     "UNREVIEWED",
     "apply_decisions",
     "changes_per_class",
@@ -573,6 +603,7 @@ __all__ = [
     "clean_manifest_csv",
     "cleaned_run_config",
     "corrected_labels",
+    "download_file",
     "download_key",
     "export_all",
     "iter_label_studio_tasks",
