@@ -44,15 +44,16 @@ def tail(path: Path, n: int = 40) -> str:
         return ""
 
 
-def events(run_dir: Path, final: bool = False) -> list[dict]:
-    """The run's events so far, through this session's ``views.EventTail``: a poll parses only
-    what was appended since the last one, never the whole events.jsonl again."""
+def progress(run_dir: Path, final: bool = False) -> dict:
+    """``views.progress_summary`` of the run's events so far, through this session's
+    ``views.EventTail``: a poll parses only the lines appended since the last one and folds them
+    into the summary, never the whole events.jsonl again."""
     key = keys.event_tail(str(run_dir))
     tail = st.session_state.get(key)
     if not isinstance(tail, views.EventTail):
         tail = st.session_state[key] = views.EventTail(run_dir / "events.jsonl")
     tail.read(final=final)
-    return tail.events
+    return tail.summary()
 
 
 def render(run_dir: Path) -> str:
@@ -64,7 +65,7 @@ def render(run_dir: Path) -> str:
         state, status = "failed", dict(status, error=job.get("error"))
     st.markdown(f"**Run {run_dir.name}** · {sh.state_label(state)} · method "
                 f"**{run.settings.get('method', status.get('method', '?'))}**")
-    p = views.progress_summary(events(run_dir, final=state != "running"))
+    p = progress(run_dir, final=state != "running")
 
     if state == "running":
         c = st.columns(5)
@@ -115,7 +116,7 @@ def render_charts(run_dir: Path) -> None:
     import pandas as pd
     import plotly.express as px
 
-    p = views.progress_summary(events(run_dir))
+    p = progress(run_dir)
 
     left, right = st.columns(2)
     with left:

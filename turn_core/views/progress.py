@@ -84,26 +84,37 @@ def progress_summary(events: list[dict], now: float | None = None) -> dict:
     ``loss_epochs`` (phase/epoch/loss), ``clean`` (FFT epoch → clean count per class),
     ``kept`` (FFT epoch → samples per class whose clean posterior passed τ, before balancing),
     ``tau`` (epoch → τ), ``warnings`` (messages), ``timings`` (phase/seconds), ``last`` (the
-    last event).
+    last event). ``EventTail.summary`` gives the same, updated by the new events only.
     """
     now = time.time() if now is None else now
-    out = _empty_summary(events)
-    phase_start: dict[str, float] = {}
+    out, phase_start = _empty_summary(events), {}
+    _fold(out, phase_start, events, now)
+    return _finish(out, phase_start, now)
+
+
+def _fold(out: dict, phase_start: dict[str, float], events: list[dict], now: float) -> None:
+    """Add ``events`` (in order) to the running summary ``out`` and the phases' start times."""
     for ev in events:
         ph = ev.get("phase")
         if ph:
             phase_start.setdefault(ph, ev.get("t", now))
             out["phase"] = ph
         _HANDLERS.get(ev.get("kind"), _on_other)(out, ev, ph)
-    out["phase_name"] = PHASE_NAMES.get(out["phase"], out["phase"] or "waiting")
-    frac = _phase_fraction(out)
+        out["last"] = ev
+
+
+def _finish(out: dict, phase_start: dict[str, float], now: float) -> dict:
+    """The summary as ``progress_summary`` returns it: ``out`` plus the phase's name, fraction
+    and ETA at ``now`` (a new dict; the curve lists are ``out``'s own: read, never modify)."""
+    res = dict(out, phase_name=PHASE_NAMES.get(out["phase"], out["phase"] or "waiting"))
+    frac = _phase_fraction(res)
     if frac is not None:
-        out["fraction"] = frac
-        started = phase_start.get(out["phase"])
+        res["fraction"] = frac
+        started = phase_start.get(res["phase"])
         if started is not None and 0 < frac < 1:
             # Linear ETA: the rest of the phase takes as long per unit as the part done so far.
-            out["eta_s"] = max(now - started, 0.0) * (1 - frac) / frac
-    return out
+            res["eta_s"] = max(now - started, 0.0) * (1 - frac) / frac
+    return res
 
 
 def loss_curve_rows(progress: dict) -> list[dict]:
@@ -157,7 +168,7 @@ class EventTail:
         self.path = Path(path)
         self.offset = 0                  # bytes of the file parsed so far (always a line end)
         self.events: list[dict] = []
-        self._inode: int | None = None
+        self._restart(None)
 
     def read(self, final: bool = False) -> list[dict]:
         """Parse what was appended since the last read; returns the new events (also added to
@@ -178,10 +189,17 @@ class EventTail:
         self.offset += end
         new = [ev for ev in map(_parse_line, data[:end].splitlines()) if ev is not None]
         self.events.extend(new)
+        _fold(self._summary, self._phase_start, new, time.time())
         return new
+
+    def summary(self, now: float | None = None) -> dict:
+        """``progress_summary(self.events, now)``, kept up to date by each ``read`` from the new
+        events alone: a poll of a long run costs its new lines, not the whole log again."""
+        return _finish(self._summary, self._phase_start, time.time() if now is None else now)
 
     def _restart(self, inode: int | None) -> None:
         self.offset, self.events, self._inode = 0, [], inode
+        self._summary, self._phase_start = _empty_summary([]), {}
 
 
 def _parse_line(line: bytes) -> dict | None:
