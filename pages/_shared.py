@@ -19,8 +19,9 @@ from pages import _state as keys
 from turn_core import views
 from turn_core.errors import InputError
 from turn_core.jobs import JobRegistry, recover_interrupted
-from turn_core.review import ReviewStore, SuspectRule, suspect_rule
+from turn_core.review import SETTINGS_NAME, ReviewStore, SuspectRule, suspect_rule
 from turn_core.rundir import STATES, Run
+from turn_core.views import queue as views_queue
 
 # Streamlit treats a folder named pages/ next to the main script as a v1 multipage app until the
 # first st.navigation call in the process: a first visit straight to /review would then run
@@ -117,7 +118,7 @@ def open_run(require_samples: bool = False) -> Run | None:
     except Exception as e:  # noqa: BLE001
         st.error(f"Cannot open run {d.name}: {e}")
         return None
-    if require_samples and not (d / "samples.csv").exists():
+    if require_samples and not any((d / n).exists() for n in ("samples.parquet", "samples.csv")):
         state = run.status.get("state")
         if state == "running":
             st.info(f"Run **{d.name}** is still training; this page fills in with the first (provisional) "
@@ -138,14 +139,67 @@ def file_stamp(path: Path) -> float:
         return 0.0
 
 
+def table_stamp(run: Run) -> tuple:
+    """Changes whenever the run's samples table is rewritten (samples.parquet or samples.csv:
+    size and mtime of each there is); a cache key of everything derived from the table."""
+    out = []
+    for name in ("samples.parquet", "samples.csv"):
+        try:
+            st_ = (run.dir / name).stat()
+        except OSError:
+            continue
+        out.append((name, st_.st_size, st_.st_mtime_ns))
+    return tuple(out)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
-def _samples(run_dir_s: str, stamp: float):
+def _samples(run_dir_s: str, stamp: tuple):
     return Run(run_dir_s).samples()
 
 
 def samples(run: Run):
-    """samples.csv as a DataFrame (cached until the file changes)."""
-    return _samples(str(run.dir), file_stamp(run.dir / "samples.csv"))
+    """The whole samples table as a DataFrame, cached until the table changes. A copy per
+    call (``st.cache_data``), so the caller may change it; pages that only read a few columns
+    use ``columns`` instead, which copies nothing."""
+    return _samples(str(run.dir), table_stamp(run))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _columns(run_dir_s: str, names: tuple[str, ...], stamp: tuple):
+    df = Run(run_dir_s).samples(columns=list(names))
+    if df is None or "index" not in df.columns:
+        return df
+    # Rows by sample index (``df.loc[i]``), kept as a column too: no page builds this per rerun.
+    return df.set_index(df["index"].to_numpy(), drop=False).rename_axis(None)
+
+
+def columns(run: Run, names: list[str]):
+    """Only the columns ``names`` of the samples table (those it has), rows labelled by sample
+    index; None until the run wrote its table. Cached until the table changes, and shared:
+    ``st.cache_resource`` hands every rerun and session the same frame, so at a million rows no
+    rerun pays a copy (``st.cache_data`` would unpickle one each time). Never modify it."""
+    wanted = tuple(dict.fromkeys(["index", *names]))
+    return _columns(str(run.dir), wanted, table_stamp(run))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _queue_order(run_dir_s: str, stamp: tuple, table: str, cutoff: float | None, learned_key,
+                 _df, _learned):
+    return views.suspect_order(_df["suspicion"].to_numpy(float), _df["index"].to_numpy(), cutoff,
+                               flagged=views.flagged_mask(_df) if cutoff is None else None, learned=_learned)
+
+
+def queue_order(run: Run, df, cutoff: float | None, learned: dict | None = None):
+    """``views.suspect_order`` of the run's table (``df``: its ``columns``, with suspicion and
+    flagged), computed once per (table, provisional/final, cut-off, re-ranking) and then
+    shared (``st.cache_resource``): the order never depends on the decisions themselves, only on
+    the learning queue's re-ranking (``learned``: ``read_learned``'s dict, keyed by its
+    n_decisions and file). A rerun pays only the decisions of the M suspects."""
+    learned_key = None
+    if learned is not None:
+        learned_key = (int(learned["n_decisions"]), file_stamp(run.dir / views_queue.LEARNED_FILE))
+    return _queue_order(str(run.dir), table_stamp(run), run.table, None if cutoff is None else float(cutoff),
+                        learned_key, df, None if learned is None else learned["suspicion"])
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -175,8 +229,15 @@ def thumb_png(run: Run, index: int, min_side: int = 96) -> bytes | None:
     return _thumb_png(str(run.dir), int(index), file_stamp(run.dir / "thumbs.npy"), min_side)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _review_store(run_dir_s: str, config_stamp: float) -> ReviewStore:
+    return ReviewStore(run_dir_s)
+
+
 def review_store(run: Run) -> ReviewStore:
-    return ReviewStore(run.dir)
+    """The run's ``ReviewStore``, one per run and config.json (shared: a store is thread-safe),
+    so what it learnt for validating decisions (sample count, classes) is learnt once."""
+    return _review_store(str(run.dir), file_stamp(run.dir / "config.json"))
 
 
 def decisions(store: ReviewStore) -> dict:
@@ -196,12 +257,19 @@ def flash(message_key: str, show) -> None:
         show(msg)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def _suspect_rule(run_dir_s: str, stamp: tuple, settings_stamp: float, table: str, _df) -> SuspectRule:
+    return suspect_rule(Run(run_dir_s), _df)
+
+
 def suspects(run: Run, df) -> SuspectRule:
-    """The run's suspect rule, read from its folder on every call: the cut-off saved on Loss
-    distributions (``review.json``, so it survives a reload and holds for every tab), else the
-    run's own flag count. Review, Export and Label Studio use the same one."""
+    """The run's suspect rule: the cut-off saved on Loss distributions (``review.json``, so it
+    survives a reload and holds for every tab), else the run's own flag count. Review, Export
+    and Label Studio use the same one. Recomputed when review.json, the table or its kind
+    (provisional / final) changes; the flag count's cut-off sorts the whole table, so not per
+    rerun."""
     try:
-        return suspect_rule(run, df)
+        return _suspect_rule(str(run.dir), table_stamp(run), file_stamp(run.dir / SETTINGS_NAME), run.table, df)
     except InputError as e:   # the folder vanished mid-page: the flag count, said once
         st.warning(f"Cannot read the saved cut-off: {e}")
         return SuspectRule(views.default_cutoff(df), "flag count", "final")
@@ -257,19 +325,20 @@ def reviewer_name() -> str:
     return st.session_state.get(keys.REVIEWER) or "anonymous"
 
 
-def page_preamble(title: str, empty_message: str | None = None):
+def page_preamble(title: str, empty_message: str | None = None, names: list[str] | None = None):
     """Title, the selected run with its header, and its samples table — or stop the page.
 
     The opening every run-reading page shares; ``empty_message`` is shown when the run has no
     samples (the page stops either way). A run still training opens on its provisional table,
-    with a banner saying so (``provisional_banner``)."""
+    with a banner saying so (``provisional_banner``). ``names``: read only these columns
+    (``columns``: shared, never modify it); None: the whole table, the caller's own copy."""
     st.title(title)
     run = open_run(require_samples=True)
     if run is None:
         st.stop()
     run_header(run)
     provisional_banner(run)
-    df = samples(run)
+    df = samples(run) if names is None else columns(run, names)
     if df is None or len(df) == 0:
         if empty_message:
             st.warning(empty_message)

@@ -29,6 +29,12 @@ def review(name: str, run: str) -> str:
     return f"rv_{name}::{run}"
 
 
+def event_tail(run_dir: str) -> str:
+    """The Training page's ``views.EventTail`` over ``run_dir``'s events.jsonl: kept across
+    reruns so that each poll parses only the lines appended since the last one."""
+    return f"_events::{run_dir}"
+
+
 REVIEW_TOAST = "_rv_toast"       # message shown once after a review callback
 REVIEW_ERROR = "_rv_error"       # error shown once after a review callback
 EXPORT_MESSAGE = "_ex_msg"       # message shown once after an export callback

@@ -9,7 +9,11 @@ import streamlit as st
 from pages import _shared as sh
 from pages import _state as keys
 from turn_core import export as ex
+from turn_core import views
 from turn_core.errors import InputError
+from turn_core.rundir import Run
+
+SHOW_ROWS = 2_000   # rows of the corrected table drawn in the browser (the files hold them all)
 
 st.title("Export")
 run = sh.open_run(require_samples=True)
@@ -23,25 +27,59 @@ try:
 except InputError as e:
     st.error(str(e))
     st.stop()
-df = sh.samples(run)
+df = sh.columns(run, ["suspicion", "flagged"])   # what the suspect rule needs, nothing more
 rule = sh.suspects(run, df)
 n_suspects = int(rule.mask(df).sum())
 st.markdown(f"**{n_rev} images reviewed** of {len(df)} · unreviewed images keep their given label. "
             f"**{n_suspects} suspects**: {rule.describe()} — the Review queue; `is_label_issue` is 1 for "
             "an unreviewed suspect.")
 
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _table_run(run_dir_s: str, stamp: tuple) -> Run:
+    """A ``Run`` kept per samples table: it caches the columns the exports read, so a new
+    decision re-applies the decisions without reading the table again."""
+    return Run(run_dir_s)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _tables(run_dir_s: str, key: str, _run: Run, _rule) -> dict:
+    """The corrected table and what is counted from it, once per ``export.download_key``
+    (decisions, suspect rule, table file): not per rerun. Shared: never modify it."""
+    corrected = ex.corrected_labels(_run, _rule)
+    out = {"corrected": corrected, "changes": None, "outcome": None, "errors": {}}
+    for what, fn in (("changes", ex.changes_per_class), ("outcome", ex.review_outcome)):
+        try:
+            out[what] = fn(_run, corrected)
+        except Exception as e:  # noqa: BLE001 - shown next to the table that is missing
+            out["errors"][what] = str(e)
+    return out
+
+
 try:
-    corrected = ex.corrected_labels(run.dir, rule)
+    table_run = _table_run(str(run.dir), sh.table_stamp(run))
+    key = ex.download_key(run, rule)
+    tables = _tables(str(run.dir), json.dumps(key, sort_keys=True), table_run, rule)
 except InputError as e:
     st.error(str(e))
     st.stop()
-
+corrected = tables["corrected"]
 exports_dir = run.dir / "exports"
+
+
+def _file(name: str):
+    """The download's bytes, made when the button is clicked (Streamlit calls this then, in
+    another thread), from the file ``export.download_file`` keeps: written again only when the
+    decisions, the cut-off or the table changed since it was last written, never per rerun."""
+    def data() -> bytes:
+        same = ex.download_key(run, rule) == key   # else the table shown is older than the file
+        return ex.download_file(table_run, name, rule, corrected=corrected if same else None).read_bytes()
+    return data
 
 
 def _write_corrected() -> None:
     try:
-        p = ex.write_corrected_csv(run.dir, exports_dir / "corrected_labels.csv")
+        p = ex.write_corrected_csv(run.dir, exports_dir / "corrected_labels.csv", rule=rule, corrected=corrected)
         st.session_state[keys.EXPORT_MESSAGE] = f"Also written to {p}"
     except Exception as e:  # noqa: BLE001
         st.session_state[keys.EXPORT_MESSAGE] = f"Could not write to disk: {e}"
@@ -55,39 +93,40 @@ st.caption("Columns: `path, given_label, suggested_label, final_label, decision,
            "`suspicion` lies in [0, 1]: **higher = more likely mislabeled**. `final_label` is empty for "
            "excluded images. `is_label_issue` is 1 when the label is wrong: 1 for a suspect (suspicion ≥ the "
            "cut-off above) until someone reviewed the image, then the reviewer's answer.")
-try:
-    tmp = exports_dir / ".download_corrected.csv"
-    ex.write_corrected_csv(run.dir, tmp)
-    csv_bytes = tmp.read_bytes()
-    tmp.unlink(missing_ok=True)
-except Exception:  # noqa: BLE001 - fall back to the table as is
-    csv_bytes = corrected.to_csv(index=False).encode("utf-8")
 c1, c2 = st.columns([2, 3])
-c1.download_button("Download corrected_labels.csv", csv_bytes, file_name=f"corrected_labels-{run.dir.name}.csv",
+c1.download_button("Download corrected_labels.csv", _file("corrected"),
+                   file_name=f"corrected_labels-{run.dir.name}.csv",
                    mime="text/csv", type="primary", key="dl_corrected", on_click=_write_corrected)
 c2.caption(f"Also written to `{exports_dir / 'corrected_labels.csv'}` when you download, or with "
            "**Write every export to disk** below.")
 show_changed = st.toggle("Show only changed rows and suspects", value=True, key="ex_changed")
-view = corrected[(corrected["decision"] != "unreviewed") | (corrected["is_label_issue"] == 1)] if show_changed \
-    else corrected
-st.dataframe(view, hide_index=True, width="stretch", height=260)
+view = corrected[((corrected["decision"] != "unreviewed") | (corrected["is_label_issue"] == 1)).to_numpy()] \
+    if show_changed else corrected
+st.dataframe(view.head(SHOW_ROWS), hide_index=True, width="stretch", height=260)
+if len(view) > SHOW_ROWS:
+    st.caption(f"Showing the first {SHOW_ROWS:,} of {len(view):,} rows; the download holds every image.")
 
 # ------------------------------------------------------------------ changes & outcome
 left, right = st.columns(2)
 with left:
     st.subheader("Changes per class")
-    try:
-        st.dataframe(ex.changes_per_class(run.dir), hide_index=True, width="stretch")
-    except Exception as e:  # noqa: BLE001
-        st.caption(f"Not available: {e}")
+    changes = tables["changes"]
+    if changes is None:
+        st.caption(f"Not available: {tables['errors'].get('changes')}")
+    else:
+        if len(changes) > views.GRID_MAX_CLASSES:   # many classes: the most changed first, searchable
+            changes = changes.assign(_n=changes["n_changed_to_other"] + changes["n_changed_from_other"]
+                                     + changes["n_excluded"]).sort_values("_n", ascending=False,
+                                                                          kind="stable").drop(columns="_n")
+            changes, n_match = views.search_rows(changes, st.text_input("Find a class", key="ex_class_find"))
+            st.caption(f"{len(changes)} of {n_match} classes, most changed first")
+        st.dataframe(changes, hide_index=True, width="stretch")
 with right:
     st.subheader("What the review achieved")
-    out = None
-    try:
-        out = ex.review_outcome(run.dir)
-    except Exception as e:  # noqa: BLE001
-        st.caption(f"Not available: {e}")
-    if out is None:
+    out = tables["outcome"]
+    if "outcome" in tables["errors"]:
+        st.caption(f"Not available: {tables['errors']['outcome']}")
+    elif out is None:
         st.caption("Needs the true labels (the demo, or a manifest with a true_label column).")
     else:
         m = st.columns(3)
@@ -101,24 +140,15 @@ with right:
 # ------------------------------------------------------------------ manifest & Label Studio
 st.subheader("Cleaned manifest and Label Studio")
 c1, c2, c3 = st.columns(3)
-try:
-    manifest_csv = ex.clean_manifest_csv(run.dir)
-    c1.download_button("Download cleaned manifest (CSV)", manifest_csv.encode("utf-8"),
-                       file_name=f"cleaned-{run.dir.name}.csv", mime="text/csv", key="dl_manifest",
-                       help="path,label — excluded images dropped, corrected labels applied; "
-                            "paths relative to the dataset folder. Reads back into turn_core unchanged.")
-except Exception as e:  # noqa: BLE001
-    c1.caption(f"Manifest not available: {e}")
-try:
-    tasks = ex.label_studio_tasks(run.dir, rule=rule)
-    c2.download_button(f"Download Label Studio tasks ({len(tasks)} suspects)",
-                       json.dumps(tasks, ensure_ascii=False, indent=2).encode("utf-8"),
-                       file_name=f"label_studio_tasks-{run.dir.name}.json", mime="application/json",
-                       key="dl_ls", help="Predictions with a `score` for each suspect, most suspicious first.")
-    c2.download_button("Download Label Studio config (XML)", ex.label_studio_config(run.classes).encode("utf-8"),
-                       file_name="label_studio_config.xml", mime="application/xml", key="dl_ls_cfg")
-except Exception as e:  # noqa: BLE001
-    c2.caption(f"Label Studio export not available: {e}")
+c1.download_button("Download cleaned manifest (CSV)", _file("manifest"),
+                   file_name=f"cleaned-{run.dir.name}.csv", mime="text/csv", key="dl_manifest",
+                   help="path,label — excluded images dropped, corrected labels applied; "
+                        "paths relative to the dataset folder. Reads back into turn_core unchanged.")
+c2.download_button(f"Download Label Studio tasks ({n_suspects} suspects)", _file("label_studio"),
+                   file_name=f"label_studio_tasks-{run.dir.name}.json", mime="application/json",
+                   key="dl_ls", help="Predictions with a `score` for each suspect, most suspicious first.")
+c2.download_button("Download Label Studio config (XML)", ex.label_studio_config(run.classes).encode("utf-8"),
+                   file_name="label_studio_config.xml", mime="application/xml", key="dl_ls_cfg")
 if c3.button("Write every export to disk", key="ex_write_all"):
     try:
         paths = ex.export_all(run.dir)

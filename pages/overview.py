@@ -49,7 +49,9 @@ status = sh.run_header(run)
 if status.get("state") in ("failed", "interrupted", "incomplete", "cancelled") and status.get("error"):
     st.error(f"{status['state'].capitalize()}: {status['error']} — see run.log in {run.dir}")
 
-df = sh.samples(run) if (run.dir / "samples.csv").exists() else None
+# Only the columns this page counts from (shared between reruns, never copied).
+COLUMNS = ["given_label", "suggested_label", "flagged", "suspicion", "is_noisy"]
+df = sh.columns(run, COLUMNS) if sh.table_stamp(run) else None
 if df is None:
     st.info("No results yet: the first suspects appear after linear probing, the final table when training "
             "finishes.")
@@ -74,13 +76,34 @@ if det:
 else:
     cols[3].metric("Detection F1", "–", help="Needs the true labels (demo or injected noise).")
 
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _per_class(run_dir_s: str, stamp: tuple, _df) -> dict:
+    """The per-class tables, once per table (a million rows take a moment to group)."""
+    return {"k": views.n_classes(_df), "pairs": views.changed_pairs(_df), "noise": views.noise_per_class(_df)}
+
+
+tables = _per_class(str(run.dir), sh.table_stamp(run), df)
+many = tables["k"] > views.GRID_MAX_CLASSES   # a K × K grid stops being readable: pairs and search
 left, right = st.columns(2)
 with left:
-    st.markdown("**Given → suggested label** (rows: given label)")
-    st.dataframe(views.confusion_table(df), width="stretch")
+    if not many:
+        st.markdown("**Given → suggested label** (rows: given label)")
+        st.dataframe(views.confusion_table(df), width="stretch")
+    else:
+        st.markdown(f"**Given → suggested label**: the most frequent changes ({tables['k']:,} classes)")
+        find = st.text_input("Find a class (given or suggested)", key="ov_pair_find")
+        pairs, n = views.search_rows(tables["pairs"], find, ("given_label", "suggested_label"))
+        st.dataframe(pairs, hide_index=True, width="stretch")
+        st.caption(f"{len(pairs)} of {n:,} pairs whose suggested label differs from the given one, "
+                   "most frequent first")
 with right:
     st.markdown("**Estimated noise rate per class** (share of each class flagged)")
-    t = views.noise_per_class(df)
+    t = tables["noise"]
+    if many:
+        t = t.sort_values(["estimated_noise_rate", "class"], ascending=[False, True], kind="stable")
+        t, n = views.search_rows(t, st.text_input("Find a class", key="ov_class_find"))
+        st.caption(f"{len(t)} of {n:,} classes, noisiest first")
     fmt = {"estimated_noise_rate": st.column_config.ProgressColumn(
         "estimated noise", format="percent", min_value=0.0, max_value=1.0)}
     if "true_noise_rate" in t.columns:

@@ -16,14 +16,18 @@ from turn_core.views import images as vi
 from turn_core.views import neighbours as vn
 from turn_core.views import queue as vq
 
-run, df = sh.page_preamble("Review")
+# Only the columns this page shows, shared between reruns (no copy of the table per rerun);
+# rows are labelled by sample index, so ``df.loc[i]`` is image i.
+COLUMNS = ["path", "given_label", "suggested_label", "suspicion", "flagged", "confidence", "knn_agreement"]
+run, df = sh.page_preamble("Review", names=COLUMNS)
 store = sh.review_store(run)
 
 name = run.dir.name
 classes = run.classes or sorted(set(df["given_label"]) | set(df["suggested_label"]))
 cutoff = sh.cutoff_for(run, df)
 dec = sh.decisions(store)
-by_index = df.set_index("index", drop=False)
+by_index = df
+MAX_PAIRS = 200   # pairs the "Given → suggested" filter offers (most frequent first; 1,000 classes make more)
 
 # ------------------------------------------------------------------ the learning queue
 # Never on the decision path: the page reads the last re-ranking from the run dir and, when
@@ -44,19 +48,21 @@ use_learned = order == "learned" and learned is not None
 lsusp = learned["suspicion"] if use_learned else None
 
 # ------------------------------------------------------------------ filters
-full_queue = views.review_queue(df, cutoff=cutoff, decisions=dec, learned=lsusp)
+# The order is cached per (table, cut-off, re-ranking); a rerun adds the decisions of the suspects.
+full_queue = views.review_queue(df, cutoff=cutoff, decisions=dec, learned=lsusp,
+                                order=sh.queue_order(run, df, cutoff, learned if use_learned else None))
 n_rev = int((full_queue["decision"] != "").sum()) if len(full_queue) else 0
 st.markdown(f"### {n_rev} of {len(full_queue)} suspects reviewed")
 st.progress(n_rev / len(full_queue) if len(full_queue) else 1.0)
 st.caption(f"Queue: suspicion ≥ {cutoff:.3f} (move it on **Loss distributions**) · "
            f"{len(dec)} decisions stored in `review.sqlite` · reviewer **{sh.reviewer_name()}**")
-given_of = dict(zip(df["index"].astype(int), df["given_label"].astype(str)))
+rev_idx = [int(i) for i in dec if int(i) in df.index]
+given_of = dict(zip(rev_idx, df["given_label"].reindex(rev_idx).astype(str)))  # the reviewed images only
 changed = vq.decisions_changed(dec, given_of)
 rate = rerank.hit_rate(changed)
-susp_now = lsusp if lsusp is not None else df.set_index("index")["suspicion"].reindex(range(len(df))).to_numpy(float)
-rev_idx = [i for i in dec if 0 <= int(i) < len(df)]
+susp_now = lsusp if lsusp is not None else df["suspicion"].reindex(range(len(df))).to_numpy(float)
 unrev = full_queue.loc[full_queue["decision"] == "", "index"].to_numpy(int)
-left_est = rerank.errors_left(susp_now, unrev, df.set_index("index")["suspicion"].reindex(rev_idx).to_numpy(float),
+left_est = rerank.errors_left(susp_now, unrev, df["suspicion"].reindex(rev_idx).to_numpy(float),
                               [bool(given_of.get(int(i)) != getattr(dec[i], "final_label", None)) for i in rev_idx])
 h1, h2, h3 = st.columns(3)
 h1.metric(f"Hit rate (last {min(len(changed), rerank.HIT_WINDOW)})", "—" if rate is None else f"{rate:.0%}",
@@ -78,14 +84,13 @@ else:
 status_key = keys.review("status", name)
 f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
 cls_filter = f1.multiselect("Class (given or suggested)", classes, key=keys.review("cls", name))
-pairs = views.pair_counts(full_queue)
+pairs = views.pair_counts(full_queue).head(MAX_PAIRS)
 pair_map = {f"{r.given_label} → {r.suggested_label} ({int(r.count)})": (r.given_label, r.suggested_label)
             for r in pairs.itertuples()}
 pair_pick = f2.selectbox("Given → suggested", ["All pairs"] + list(pair_map), key=keys.review("pair", name))
 status = f3.radio("Show", ["unreviewed", "all", "reviewed"], key=status_key, horizontal=True)
 per_page = int(f4.selectbox("Per page", [12, 24, 48], key=keys.review("pp", name)))
-queue = views.review_queue(df, cutoff=cutoff, decisions=dec, classes=cls_filter or None,
-                           pair=pair_map.get(pair_pick), status=status, learned=lsusp)
+queue = views.filter_queue(full_queue, classes=cls_filter or None, pair=pair_map.get(pair_pick), status=status)
 qidx = [int(i) for i in queue["index"]]
 
 cur_key = keys.review("cur", name)

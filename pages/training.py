@@ -6,6 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _shared as sh
+from pages import _state as keys
 from turn_core import views
 from turn_core.rundir import Run
 
@@ -43,6 +44,18 @@ def tail(path: Path, n: int = 40) -> str:
         return ""
 
 
+def progress(run_dir: Path, final: bool = False) -> dict:
+    """``views.progress_summary`` of the run's events so far, through this session's
+    ``views.EventTail``: a poll parses only the lines appended since the last one and folds them
+    into the summary, never the whole events.jsonl again."""
+    key = keys.event_tail(str(run_dir))
+    tail = st.session_state.get(key)
+    if not isinstance(tail, views.EventTail):
+        tail = st.session_state[key] = views.EventTail(run_dir / "events.jsonl")
+    tail.read(final=final)
+    return tail.summary()
+
+
 def render(run_dir: Path) -> str:
     run = Run(run_dir)
     status = run.status
@@ -52,8 +65,7 @@ def render(run_dir: Path) -> str:
         state, status = "failed", dict(status, error=job.get("error"))
     st.markdown(f"**Run {run_dir.name}** · {sh.state_label(state)} · method "
                 f"**{run.settings.get('method', status.get('method', '?'))}**")
-    ev = run.events()
-    p = views.progress_summary(ev)
+    p = progress(run_dir, final=state != "running")
 
     if state == "running":
         c = st.columns(5)
@@ -104,7 +116,7 @@ def render_charts(run_dir: Path) -> None:
     import pandas as pd
     import plotly.express as px
 
-    p = views.progress_summary(Run(run_dir).events())
+    p = progress(run_dir)
 
     left, right = st.columns(2)
     with left:
@@ -124,7 +136,19 @@ def render_charts(run_dir: Path) -> None:
             st.caption("No loss reported yet.")
     with right:
         st.markdown("**Clean samples per class (FFT epochs)**")
-        if p["clean"]:
+        n_classes = len({r["class"] for r in p["clean"]})
+        if p["clean"] and n_classes > views.GRID_MAX_CLASSES:
+            # one line per class is unreadable at 1,000 classes: the fewest / median / most
+            spread = pd.DataFrame(views.per_class_spread(p["kept"] or p["clean"], "kept" if p["kept"] else "clean"))
+            fig = px.line(spread, x="epoch", y=spread.columns[-1], color="class", markers=True, height=300,
+                          labels={spread.columns[-1]: "samples", "class": f"over {n_classes:,} classes"})
+            fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
+            st.plotly_chart(fig, width="stretch", key="clean_curve")
+            drawn = pd.DataFrame(p["clean"]).groupby("epoch")["clean"].min()
+            st.caption(f"Samples per class {'kept (passed τ)' if p['kept'] else 'in the clean set'}, the fewest, "
+                       "median and most over the classes · drawn per class (n) by epoch: "
+                       + ", ".join(f"{e}: {int(n)}" for e, n in drawn.items()))
+        elif p["clean"]:
             df = pd.DataFrame(p["clean"])
             if p["kept"]:
                 # kept = passed the GMM's τ; TURN then draws n = the smallest kept count from each

@@ -300,3 +300,112 @@ def test_start_from_export_page_lists_the_new_run_at_once(clean_env, monkeypatch
     finally:
         gate.set()
         reg.wait(10)
+
+
+# --------------------------------------------------------------------------- pages at scale
+def _no_table_reads(monkeypatch):
+    """Fail any read of the samples table (whole or by column) from here on."""
+    import pandas as pd
+
+    from turn_core.rundir import Run
+
+    def boom(*a, **k):
+        raise AssertionError("the samples table was read")
+
+    monkeypatch.setattr(Run, "samples", boom)
+    monkeypatch.setattr(pd, "read_csv", boom)
+    monkeypatch.setattr(pd, "read_parquet", boom)
+
+
+def test_a_review_decision_reads_no_table(clean_env, monkeypatch):
+    d = make_fake_run(clean_env / "fin", n=40)
+    at = app("fin").run()
+    at.switch_page("pages/review.py").run()
+    no_exception(at)
+    _no_table_reads(monkeypatch)          # the page is open: deciding and rerunning read nothing
+    at.button(key="rv_accept").click().run()
+    no_exception(at)
+    at.button(key="rv_keep").click().run()
+    no_exception(at)
+    assert ReviewStore(d).count_reviewed() == 2
+    assert any(m.value.startswith("### 2 of ") for m in at.markdown)
+
+
+def test_queue_order_is_cached_per_cutoff_and_equals_the_uncached_order(clean_env, monkeypatch):
+    from pages import _shared
+    from turn_core import views
+    from turn_core.rundir import Run
+
+    run = Run(make_fake_run(clean_env / "fin", n=80))
+    df = _shared.columns(run, ["suspicion", "flagged", "given_label", "suggested_label"])
+    calls = []
+    real = views.suspect_order
+    monkeypatch.setattr(views, "suspect_order", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    first = _shared.queue_order(run, df, 0.5)
+    assert _shared.queue_order(run, df, 0.5) is first and calls == [0.5]     # cached
+    full = run.samples()
+    uncached = views.review_queue(full, cutoff=0.5)["index"].tolist()
+    assert df["index"].to_numpy()[first].tolist() == uncached
+    lower = _shared.queue_order(run, df, 0.2)                                # a new cut-off: recomputed
+    assert calls == [0.5, 0.2] and len(lower) > len(first)
+    assert df["index"].to_numpy()[lower].tolist() == views.review_queue(full, cutoff=0.2)["index"].tolist()
+
+
+def test_overview_with_a_thousand_classes_shows_pairs_not_a_grid(clean_env):
+    classes = [f"class {i:04d}" for i in range(1000)]
+    make_fake_run(clean_env / "big", n=3000, classes=classes)
+    at = app("big").run()
+    no_exception(at)
+    frames = [f.value for f in at.dataframe]
+    assert all(f.shape[1] <= 10 and len(f) <= 50 for f in frames[1:])   # frames[0]: the runs table
+    pairs = next(f for f in frames if "suggested_label" in f.columns)
+    assert pairs["count"].is_monotonic_decreasing
+    at.text_input(key="ov_pair_find").input("class 0042").run()
+    no_exception(at)
+    pairs = next(f.value for f in at.dataframe if "suggested_label" in f.value.columns)
+    assert len(pairs) > 0 and ((pairs["given_label"] == "class 0042") | (pairs["suggested_label"] == "class 0042")).all()
+    at.text_input(key="ov_class_find").input("class 0999").run()
+    noise = next(f.value for f in at.dataframe if "estimated_noise_rate" in f.value.columns)
+    assert noise["class"].tolist() == ["class 0999"]
+
+
+def test_training_page_reads_only_appended_events(clean_env, monkeypatch):
+    from pages import _state as keys
+    from turn_core.rundir import Run
+
+    d = make_running(clean_env)
+    at = app("live").run()
+    at.switch_page("pages/training.py").run()
+    no_exception(at)
+    tail = at.session_state[keys.event_tail(str(d))]
+    size = (d / "events.jsonl").stat().st_size
+    assert tail.offset == size and len(tail.events) == len(Run(d).events())
+    monkeypatch.setattr(Run, "events", lambda self: (_ for _ in ()).throw(AssertionError("whole log parsed")))
+    with open(d / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"t": 1.0, "phase": "fft", "kind": "epoch", "epoch": 2, "epochs": 2, "loss": 0.1})
+                + "\n" + '{"t": 2.0, "phase": "ff')                  # a line still being written
+    at.run()
+    no_exception(at)
+    tail = at.session_state[keys.event_tail(str(d))]
+    assert tail.events[-1]["loss"] == 0.1 and tail.offset < (d / "events.jsonl").stat().st_size
+
+
+def test_export_page_writes_no_file_per_rerun_and_follows_a_decision(clean_env):
+    from turn_core import export as ex
+
+    d = make_fake_run(clean_env / "fin", n=40)
+    at = app("fin").run()
+    at.switch_page("pages/export.py").run()
+    no_exception(at)
+    assert not (d / ex.DOWNLOADS).exists()            # downloads are written when clicked, not drawn
+    at.toggle(key="ex_changed").set_value(False).run()
+    no_exception(at)
+    assert not (d / ex.DOWNLOADS).exists()
+    shown = at.dataframe[0].value
+    assert (shown["decision"] == "unreviewed").all() and len(shown) == 40
+    ReviewStore(d).record(0, "exclude", None, "ann")
+    at.run()
+    no_exception(at)
+    shown = at.dataframe[0].value
+    assert shown.loc[0, "decision"] == "exclude" and shown.loc[0, "final_label"] == ""
+    assert not (d / ex.DOWNLOADS).exists()

@@ -271,13 +271,17 @@ def test_failure_while_building_writes_nothing(run, tmp_path, monkeypatch):
     export.write_label_studio_json(run, out)
     before = out.read_bytes()
 
-    def broken(*a, **k):
+    real = export.iter_label_studio_tasks
+
+    def broken(*a, **k):  # fails after the first task was streamed to the temporary file
+        yield next(real(*a, **k))
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(export, "label_studio_tasks", broken)
+    monkeypatch.setattr(export, "iter_label_studio_tasks", broken)
     with pytest.raises(RuntimeError):
         export.write_label_studio_json(run, out)
     assert out.read_bytes() == before
+    assert _no_temp_files(out.parent)
 
 
 # --------------------------------------------------------------------------- Label Studio
@@ -449,3 +453,86 @@ def test_cleaned_run_config_refuses_a_run_without_dataset_folder(tmp_path):
     bare = make_fake_run(tmp_path / "bare", n=20)  # no dataset_root recorded
     with pytest.raises(InputError, match="dataset folder"):
         export.cleaned_run_config(bare, tmp_path / "runs")
+
+
+# --------------------------------------------------------------------------- streaming
+def _whole_csv(df, spreadsheet_safe: bool) -> bytes:
+    """The CSV as one string, the way exports were written before they streamed."""
+    from turn_core.rundir import csv_text
+    from turn_core.safety import spreadsheet_safe as safe
+
+    cols = [df[c].tolist() for c in df.columns]
+    header = [str(c) for c in df.columns]
+    if spreadsheet_safe:
+        header, cols = [safe(h) for h in header], [[safe(v) for v in col] for col in cols]
+    return csv_text(header, zip(*cols)).encode("utf-8")
+
+
+def test_streamed_exports_equal_the_whole_table_written_at_once(tmp_path):
+    classes = [*CLASSES, "=SUM(A1)", "a\r\nb"]
+    run = make_fake_run(tmp_path / "run", n=53, classes=classes, dataset_root=tmp_path / "data")
+    s = ReviewStore(run)
+    s.record_many([(3, "relabel", "=SUM(A1)"), (4, "relabel", "a\r\nb"), (5, "exclude", None),
+                   (6, "accept", classes[0])], "ann")
+    corrected = export.corrected_labels(run)
+    out = export.write_corrected_csv(run, tmp_path / "c.csv", chunk_rows=7)   # 8 chunks, the last short
+    assert out.read_bytes() == _whole_csv(corrected, True)
+    assert export.write_corrected_csv(run, tmp_path / "c1.csv", chunk_rows=1).read_bytes() == out.read_bytes()
+    m = export.write_clean_manifest(run, tmp_path / "data" / "m.csv", chunk_rows=4)
+    assert m.read_bytes() == _whole_csv(export.clean_manifest(run), False)
+    assert export.clean_manifest_csv(run).encode("utf-8") == m.read_bytes()
+    ls = export.write_label_studio_json(run, tmp_path / "t.json", only_suspects=False)
+    tasks = export.label_studio_tasks(run, only_suspects=False)
+    assert ls.read_text(encoding="utf-8") == json.dumps(tasks, ensure_ascii=False, indent=2) + "\n"
+    save_cutoff(run, 1.0)                                   # no suspect left: an empty list
+    none = export.write_label_studio_json(run, tmp_path / "t0.json")
+    assert none.read_text(encoding="utf-8") == "[]\n" and json.loads(none.read_text()) == []
+
+
+def test_exports_read_only_the_columns_they_need(run, monkeypatch):
+    asked = []
+    real = Run.samples
+
+    def spy(self, columns=None):
+        asked.append(columns)
+        return real(self, columns)
+
+    monkeypatch.setattr(Run, "samples", spy)
+    export.export_all(run)
+    export.write_clean_manifest(run)
+    assert asked and None not in asked
+    assert all(set(c) <= {"index", "true_label", *export._NEEDED} for c in asked)
+
+
+def test_downloads_are_written_once_per_change_of_the_decisions(run, monkeypatch):
+    paths = export.write_downloads(run)
+    assert set(paths) == {"corrected", "manifest", "label_studio"}
+    assert paths["corrected"].read_bytes() == export.write_corrected_csv(run, run / "x.csv").read_bytes()
+    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    calls = []
+    real = export.corrected_labels
+    monkeypatch.setattr(export, "corrected_labels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert export.write_downloads(run) == paths and calls == []          # unchanged: nothing done
+    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
+    ReviewStore(run).record(0, "exclude", None, "ann")                   # a decision: written again
+    export.write_downloads(run)
+    assert calls == [1]
+    assert next(csv.DictReader(io.StringIO(paths["corrected"].read_text(encoding="utf-8"))))["decision"] == "exclude"
+    save_cutoff(run, 0.99)                                               # another cut-off: again
+    export.write_downloads(run)
+    assert len(calls) == 2
+    assert json.loads(paths["label_studio"].read_text()) == export.label_studio_tasks(run)
+
+
+def test_download_file_writes_one_file_per_key(run, monkeypatch):
+    path = export.download_file(run, "label_studio")
+    assert path.name == export.DOWNLOAD_FILES["label_studio"]
+    assert not (path.parent / export.DOWNLOAD_FILES["corrected"]).exists()   # only the one asked for
+    stamp = path.stat().st_mtime_ns
+    monkeypatch.setattr(export, "write_label_studio_json", lambda *a, **k: pytest.fail("rewritten"))
+    assert export.download_file(run, "label_studio") == path and path.stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    ReviewStore(run).undo_last("nobody")              # nothing to undo: no new row, same key
+    assert export.download_file(run, "label_studio").stat().st_mtime_ns == stamp
+    with pytest.raises(InputError, match="not one of"):
+        export.download_file(run, "everything")

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fakerun import CLASSES, make_fake_run
 
 from turn_core.errors import InputError
-from turn_core.review import DECISIONS, SCHEMA_VERSION, ReviewStore, schema_version
+from turn_core.review import DECISIONS, SCHEMA_VERSION, ReviewStore, record_decision, schema_version
 
 
 @pytest.fixture
@@ -312,3 +312,59 @@ def test_decisions_on_the_provisional_table_survive_the_final_one(tmp_path):
     again.record(19, "keep", CLASSES[0], "bob")      # the new table still has 20 rows
     with pytest.raises(InputError, match="out of range"):
         again.record(20, "keep", CLASSES[0], "bob")
+
+
+def _no_table(monkeypatch):
+    """Make any read of the samples table fail loudly."""
+    import pandas as pd
+
+    from turn_core.rundir import Run
+
+    def boom(*a, **k):
+        raise AssertionError("the samples table was read")
+
+    monkeypatch.setattr(Run, "samples", boom)
+    monkeypatch.setattr(pd, "read_csv", boom)
+
+
+def test_a_decision_never_reads_the_samples_table(run, monkeypatch):
+    _no_table(monkeypatch)
+    s = ReviewStore(run)
+    s.record(59, "keep", CLASSES[0], "ann")                 # the count comes from config.json
+    with pytest.raises(InputError, match="out of range: the run has 60 samples"):
+        s.record(60, "keep", CLASSES[0], "ann")
+    assert record_decision(ReviewStore(run), 3, "accept", given=CLASSES[0], suggested=CLASSES[1]).ok
+    assert set(ReviewStore(run).latest()) == {3, 59}
+
+
+def test_a_run_without_n_train_counts_one_column_once(run, monkeypatch):
+    import json
+
+    from turn_core.rundir import Run
+
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["dataset"]["n_train"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    calls = []
+    real = Run.samples
+
+    def counted(self, columns=None):
+        calls.append(columns)
+        return real(self, columns)
+
+    monkeypatch.setattr(Run, "samples", counted)
+    s = ReviewStore(run)
+    s.record(1, "keep", CLASSES[0], "ann")
+    s.record(2, "keep", CLASSES[0], "ann")
+    with pytest.raises(InputError, match="out of range"):
+        s.record(60, "keep", CLASSES[0], "ann")
+    assert calls == [["index"]]
+
+
+def test_last_id_changes_with_every_decision_and_undo(run):
+    s = ReviewStore(run)
+    assert s.last_id() == 0 and not (run / "review.sqlite").exists()
+    a = s.record(1, "keep", CLASSES[0], "ann")
+    assert s.last_id() == a
+    s.undo(1)
+    assert s.last_id() > a

@@ -119,3 +119,31 @@ def test_compute_learned_writes_a_file_the_page_reads_and_drops_when_stale(fake_
     later = os.stat(fake_run.dir / vq.LEARNED_FILE).st_mtime + 5
     os.utime(fake_run.dir / "samples.csv", (later, later))  # a new table (e.g. final after provisional)
     assert vq.read_learned(fake_run.dir) is None
+
+
+def test_suspect_order_is_the_queue_order_and_ranks_ties_by_index():
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    n = 500
+    suspicion = rng.integers(0, 20, n) / 20.0                    # many ties on purpose
+    index = rng.permutation(n)                                    # rows not in index order
+    learned = rng.random(n)
+    for cutoff, lrn in ((0.5, None), (0.0, None), (0.7, learned), (1.1, None)):
+        order = views.suspect_order(suspicion, index, cutoff, learned=lrn)
+        key = suspicion if lrn is None else learned[index]
+        sel = [r for r in range(n) if suspicion[r] >= cutoff or (lrn is not None and key[r] >= cutoff)]
+        assert order.tolist() == sorted(sel, key=lambda r: (-key[r], index[r]))
+    flagged = rng.random(n) < 0.3
+    assert set(views.suspect_order(suspicion, index, None, flagged=flagged).tolist()) == set(np.flatnonzero(flagged))
+    df = pd.DataFrame({"index": index, "suspicion": suspicion, "flagged": flagged.astype(int),
+                       "given_label": rng.choice(list("abc"), n), "suggested_label": rng.choice(list("abc"), n)})
+    dec = {int(i): "keep" for i in index[::9]}
+    for kw in ({"cutoff": 0.5}, {"cutoff": 0.3, "learned": learned}, {"cutoff": None}):
+        order = views.suspect_order(suspicion, index, kw["cutoff"], learned=kw.get("learned"),
+                                    flagged=flagged if kw["cutoff"] is None else None)
+        cached = views.review_queue(df, decisions=dec, order=order, **kw)
+        assert cached.equals(views.review_queue(df, decisions=dec, **kw))
+        for f in ({"status": "unreviewed"}, {"classes": ["a"]}, {"pair": ("a", "b"), "status": "reviewed"}):
+            assert views.filter_queue(cached, **f).equals(views.review_queue(df, decisions=dec, **kw, **f))

@@ -63,3 +63,36 @@ def test_preview_helpers():
     assert list(t["images"]) == [2, 0, 1]
     g = views.sample_per_class(np.array([0] * 10 + [1] * 2), 2, per_class=3)
     assert len(g[0]) == 3 and g[1] == [10, 11]
+
+
+def test_changed_pairs_and_search_on_a_thousand_classes():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    k, n = 1000, 20_000
+    classes = np.array([f"class {i:04d}" for i in range(k)])
+    given = rng.integers(0, k, n)
+    suggested = given.copy()
+    change = rng.random(n) < 0.3
+    suggested[change] = rng.integers(0, k, change.sum())
+    suggested[:40] = (given[:40] + 1) % k                  # one frequent pair, planted
+    given[:40] = 7
+    suggested[:40] = 8
+    df = pd.DataFrame({"given_label": classes[given], "suggested_label": classes[suggested],
+                       "flagged": (given != suggested).astype(int)})
+    assert views.n_classes(df) == k
+    pairs = views.changed_pairs(df)
+    assert list(pairs.columns) == ["given_label", "suggested_label", "count"]
+    assert (pairs["given_label"] != pairs["suggested_label"]).all()
+    assert int(pairs["count"].sum()) == int((given != suggested).sum())
+    assert pairs.iloc[0].tolist() == ["class 0007", "class 0008", 40 + int(((given == 7) & (suggested == 8))[40:].sum())]
+    assert pairs["count"].is_monotonic_decreasing
+    top, n_match = views.search_rows(pairs, "", ("given_label", "suggested_label"))
+    assert len(top) == views.TOP_ROWS and n_match == len(pairs)
+    hit, n_hit = views.search_rows(pairs, "CLASS 0999", ("given_label", "suggested_label"), top=None)
+    assert n_hit == len(hit) > 0
+    assert ((hit["given_label"] == "class 0999") | (hit["suggested_label"] == "class 0999")).all()
+    assert n_hit == int(((pairs["given_label"] == "class 0999") | (pairs["suggested_label"] == "class 0999")).sum())
+    assert views.search_rows(pairs, "no such class", ("given_label",))[1] == 0
+    assert views.changed_pairs(df, only_flagged=True).equals(pairs)
+    assert len(views.changed_pairs(None)) == 0

@@ -237,11 +237,26 @@ class ReviewStore:
         return self._classes
 
     def _sample_count(self) -> int | None:
+        """How many samples the run has, without reading its table: config.json's
+        ``dataset.n_train`` (written before any table, the rows every table has). A run from
+        before that field falls back to the length of one column, read once per store; None
+        while neither is there (a run still starting: any index is accepted then)."""
         if self._n_samples is None:
-            samples = self.run.samples() if (self.dir / "samples.csv").exists() else None
-            if samples is not None:
-                self._n_samples = len(samples)
+            self._n_samples = _configured_count(self.run.config)
+        if self._n_samples is None:
+            # A fresh Run: Run caches "no table yet" per object, and the table may appear later.
+            index = Run(self.dir).samples(columns=["index"])
+            if index is not None:
+                self._n_samples = len(index)
         return self._n_samples
+
+    def last_id(self) -> int:
+        """The id of the newest history row (0 when none): it changes with every decision and
+        undo, so it keys whatever is derived from the decisions (the Export page's files)."""
+        with self._read() as con:
+            if con is None:
+                return 0
+            return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
 
     @staticmethod
     def _insert(con: sqlite3.Connection, idx: int, decision: str, label: str | None,
@@ -353,6 +368,14 @@ class ReviewStore:
 
 
 _ORPHANED: list[sqlite3.Connection] = []
+
+
+def _configured_count(config: dict) -> int | None:
+    """config.json's ``dataset.n_train`` as an int; None when absent or not a count."""
+    n = (config.get("dataset") or {}).get("n_train") if isinstance(config, dict) else None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return None
+    return n
 
 
 def _schema_version(con: sqlite3.Connection) -> int | None:
@@ -509,7 +532,9 @@ def suspect_rule(run_dir: str | Path | Run, df=None) -> SuspectRule:
     value = saved_cutoff(run.dir, table)
     if value is not None:
         return SuspectRule(value, "saved", table)
-    return SuspectRule(default_cutoff(run.samples() if df is None else df), "flag count", table)
+    if df is None:  # the two columns the flag count needs, not the whole table
+        df = run.samples(columns=["suspicion", "flagged"])
+    return SuspectRule(default_cutoff(df), "flag count", table)
 
 
 def schema_version(run_dir: str | Path) -> int | None:

@@ -31,9 +31,33 @@ def decision_name(d) -> str:
     return str(getattr(d, "decision", ""))
 
 
+def suspect_order(suspicion, index, cutoff: float | None = None, *, flagged=None, learned=None) -> np.ndarray:
+    """The review queue's order: (M,) int64 row positions of the suspects, most suspicious first.
+
+    ``suspicion`` (N,) float and ``index`` (N,) int (each row's sample index) by row;
+    ``cutoff``: the suspects are the rows with ``suspicion >= cutoff``; None → the rows where
+    ``flagged`` (N,) bool is True (the run's own rule). ``learned``: the learning queue's
+    suspicion (N,) by sample index (``read_learned``) or None: with it the rows are ranked by
+    it, and a row whose learned suspicion rose to the cut-off joins the suspects. Ties go by
+    sample index. Depends on the table, the cut-off and the learned suspicion only, never on the
+    decisions, so a page computes it once per (table, cut-off, re-ranking) and caches it.
+    """
+    suspicion = np.asarray(suspicion, dtype=float)
+    index = np.asarray(index, dtype=np.int64)
+    sel = suspicion >= cutoff if cutoff is not None else np.asarray(flagged, dtype=bool)
+    key = suspicion
+    if learned is not None and len(learned) == len(suspicion):
+        key = np.asarray(learned, dtype=float)[index]
+        if cutoff is not None:
+            sel = sel | (key >= cutoff)
+    rows = np.flatnonzero(sel)
+    # lexsort: last key first; -key ascending is key descending (NaN last, as pandas sorts it)
+    return rows[np.lexsort((index[rows], -key[rows]))].astype(np.int64)
+
+
 def review_queue(df, *, cutoff: float | None = None, decisions: dict | None = None,
                  classes: Iterable[str] | None = None, pair: tuple[str, str] | None = None,
-                 status: str = "all", learned=None):
+                 status: str = "all", learned=None, order: np.ndarray | None = None):
     """Suspects ranked by suspicion (highest first, ties by index).
 
     ``cutoff``: suspects are the rows with ``suspicion >= cutoff``; None → the run's flagged
@@ -43,33 +67,41 @@ def review_queue(df, *, cutoff: float | None = None, decisions: dict | None = No
     ``learned``: the learning queue's suspicion (N,) by sample index (``read_learned``), or
     None for the original order. With it the queue is ranked by it, and an image whose learned
     suspicion rose to the cut-off joins the suspects (column ``learned``).
+    ``order``: ``suspect_order`` of the same table, cut-off and learned suspicion when the
+    caller has it cached; only the M suspects' rows are then touched, never the whole table.
     """
     import pandas as pd
 
     if df is None or len(df) == 0:
         return pd.DataFrame(columns=list(df.columns if df is not None else []) + ["decision"])
-    sel = (df["suspicion"].to_numpy(float) >= cutoff) if cutoff is not None else flagged_mask(df)
-    ls = None
-    if learned is not None and len(learned) == len(df):
-        ls = np.asarray(learned, dtype=float)[df["index"].to_numpy(int)]
-        if cutoff is not None:
-            sel = sel | (ls >= cutoff)
-    q = df[sel].copy()
-    q["learned"] = ls[sel] if ls is not None else q["suspicion"].to_numpy(float)
+    if order is None:
+        order = suspect_order(df["suspicion"].to_numpy(float), df["index"].to_numpy(np.int64), cutoff,
+                              flagged=flagged_mask(df) if cutoff is None else None, learned=learned)
+    q = df.iloc[order].reset_index(drop=True)
+    use_learned = learned is not None and len(learned) == len(df)
+    q["learned"] = (np.asarray(learned, dtype=float)[q["index"].to_numpy(np.int64)] if use_learned
+                    else q["suspicion"].to_numpy(float))
     decisions = decisions or {}
     q["decision"] = [decision_name(decisions.get(int(i))) for i in q["index"]]
+    return filter_queue(q, classes=classes, pair=pair, status=status)
+
+
+def filter_queue(q, *, classes: Iterable[str] | None = None, pair: tuple[str, str] | None = None,
+                 status: str = "all"):
+    """The rows of a ``review_queue`` result that pass the filters (order kept, index reset):
+    ``classes`` (given or suggested label among them), ``pair`` (given, suggested) and
+    ``status`` (REVIEW_STATUSES, by the ``decision`` column)."""
+    keep = np.ones(len(q), dtype=bool)
     if classes:
-        cs = set(classes)
-        q = q[q["given_label"].isin(cs) | q["suggested_label"].isin(cs)]
+        cs = list(classes)
+        keep &= (q["given_label"].isin(cs) | q["suggested_label"].isin(cs)).to_numpy()
     if pair:
-        q = q[(q["given_label"] == pair[0]) & (q["suggested_label"] == pair[1])]
+        keep &= ((q["given_label"] == pair[0]) & (q["suggested_label"] == pair[1])).to_numpy()
     if status == "unreviewed":
-        q = q[q["decision"] == ""]
+        keep &= (q["decision"] == "").to_numpy()
     elif status == "reviewed":
-        q = q[q["decision"] != ""]
-    q = q.sort_values(["learned" if ls is not None else "suspicion", "index"], ascending=[False, True],
-                      kind="mergesort")
-    return q.reset_index(drop=True)
+        keep &= (q["decision"] != "").to_numpy()
+    return q if keep.all() else q[keep].reset_index(drop=True)
 
 
 def pair_counts(q):

@@ -1,4 +1,9 @@
-"""Tables the Overview and Data & run pages show, and the formatting of times and numbers."""
+"""Tables the Overview and Data & run pages show, and the formatting of times and numbers.
+
+Large classes: a K × K grid is readable only for a few classes (``GRID_MAX_CLASSES``); above
+that the pages show the given → suggested *pairs* (``changed_pairs``), most frequent first, and
+per-class tables through ``search_rows`` (a search box and the top rows), never K × K cells or
+a thousand-row table in the browser."""
 from __future__ import annotations
 
 import math
@@ -8,8 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from .queue import pair_counts
 from .samples import flagged_mask, has_truth, truth_mask
 
+# Up to this many classes the Overview shows the full given × suggested grid; above it, pairs.
+GRID_MAX_CLASSES = 20
+TOP_ROWS = 50   # rows a per-class or per-pair table shows before the search narrows it
 RUNS_COLUMNS = ["run", "status", "method", "started", "duration", "flagged", "F1", "AUROC",
                 "test acc", "error"]
 
@@ -83,6 +92,41 @@ def confusion_table(df, *, only_flagged: bool = False):
     t.index.name = "given ↓ / suggested →"
     t.columns.name = None
     return t
+
+
+def changed_pairs(df, *, only_flagged: bool = False):
+    """The given → suggested pairs whose labels differ, with their image counts: DataFrame
+    (given_label, suggested_label, count), most frequent first (ties by given label). The
+    off-diagonal cells of ``confusion_table``, as rows: readable at any number of classes.
+    ``only_flagged``: count only the rows the run flagged."""
+    if df is None or len(df) == 0:
+        return pair_counts(None)
+    d = df[flagged_mask(df)] if only_flagged else df
+    return pair_counts(d[(d["given_label"] != d["suggested_label"]).to_numpy()])
+
+
+def n_classes(df) -> int:
+    """How many distinct labels the table's given and suggested columns hold."""
+    if df is None or len(df) == 0:
+        return 0
+    return len(set(df["given_label"].unique()) | set(df["suggested_label"].unique()))
+
+
+def search_rows(table, text: str = "", columns: Iterable[str] = ("class",), top: int | None = TOP_ROWS):
+    """(the rows shown, how many match): the rows of ``table`` where any of ``columns``
+    contains ``text`` (case-insensitive; "" matches all), the first ``top`` of them (None: all).
+    The table keeps its order, so sort it by what matters first."""
+    if table is None or len(table) == 0:
+        return table, 0
+    needle = str(text or "").strip().lower()
+    if needle:
+        hit = np.zeros(len(table), dtype=bool)
+        for c in columns:
+            hit |= table[c].astype(str).str.lower().str.contains(needle, regex=False).to_numpy()
+        table = table[hit]
+    n = len(table)
+    shown = table if top is None else table.head(int(top))
+    return shown.reset_index(drop=True), n
 
 
 def noise_per_class(df):
