@@ -165,20 +165,21 @@ def samples(run: Run):
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _columns(run_dir_s: str, names: tuple[str, ...], stamp: tuple):
-    df = Run(run_dir_s).samples(columns=list(names))
+def _columns(run_dir_s: str, names: tuple[str, ...] | None, stamp: tuple):
+    df = Run(run_dir_s).samples(columns=None if names is None else list(names))
     if df is None or "index" not in df.columns:
         return df
     # Rows by sample index (``df.loc[i]``), kept as a column too: no page builds this per rerun.
     return df.set_index(df["index"].to_numpy(), drop=False).rename_axis(None)
 
 
-def columns(run: Run, names: list[str]):
-    """Only the columns ``names`` of the samples table (those it has), rows labelled by sample
-    index; None until the run wrote its table. Cached until the table changes, and shared:
-    ``st.cache_resource`` hands every rerun and session the same frame, so at a million rows no
-    rerun pays a copy (``st.cache_data`` would unpickle one each time). Never modify it."""
-    wanted = tuple(dict.fromkeys(["index", *names]))
+def columns(run: Run, names: list[str] | None):
+    """Only the columns ``names`` of the samples table (those it has; None: every column), rows
+    labelled by sample index; None until the run wrote its table. Cached until the table
+    changes, and shared: ``st.cache_resource`` hands every rerun and session the same frame, so
+    at a million rows no rerun pays a copy (``st.cache_data`` would unpickle one each time).
+    Never modify it."""
+    wanted = None if names is None else tuple(dict.fromkeys(["index", *names]))
     return _columns(str(run.dir), wanted, table_stamp(run))
 
 
@@ -200,23 +201,6 @@ def queue_order(run: Run, df, cutoff: float | None, learned: dict | None = None)
         learned_key = (int(learned["n_decisions"]), file_stamp(run.dir / views_queue.LEARNED_FILE))
     return _queue_order(str(run.dir), table_stamp(run), run.table, None if cutoff is None else float(cutoff),
                         learned_key, df, None if learned is None else learned["suspicion"])
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _normalised_features(run_dir_s: str, which: str, stamp: float):
-    f = Run(run_dir_s).features(which)
-    return None if f is None else views.normalise_rows(f)
-
-
-def normalised_features(run: Run, which: str = "post"):
-    """Row-normalised features for neighbour search: post-FFT when present, else pretrained."""
-    for w in ((which, "pre") if which != "pre" else ("pre",)):
-        p = run.dir / f"features_{w}.npy"
-        if p.exists():
-            f = _normalised_features(str(run.dir), w, file_stamp(p))
-            if f is not None:
-                return f
-    return None
 
 
 @st.cache_data(show_spinner=False, max_entries=5000)
@@ -325,20 +309,22 @@ def reviewer_name() -> str:
     return st.session_state.get(keys.REVIEWER) or "anonymous"
 
 
-def page_preamble(title: str, empty_message: str | None = None, names: list[str] | None = None):
+def page_preamble(title: str, empty_message: str | None = None, names: list[str] | None = None,
+                  shared: bool = False):
     """Title, the selected run with its header, and its samples table — or stop the page.
 
     The opening every run-reading page shares; ``empty_message`` is shown when the run has no
     samples (the page stops either way). A run still training opens on its provisional table,
     with a banner saying so (``provisional_banner``). ``names``: read only these columns
-    (``columns``: shared, never modify it); None: the whole table, the caller's own copy."""
+    (``columns``: shared, never modify it); None: the whole table, the caller's own copy, or
+    with ``shared`` the whole table shared like ``columns`` (a page that only reads it)."""
     st.title(title)
     run = open_run(require_samples=True)
     if run is None:
         st.stop()
     run_header(run)
     provisional_banner(run)
-    df = samples(run) if names is None else columns(run, names)
+    df = samples(run) if names is None and not shared else columns(run, names)
     if df is None or len(df) == 0:
         if empty_message:
             st.warning(empty_message)

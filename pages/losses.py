@@ -11,7 +11,7 @@ from turn_core import views
 from turn_core.errors import InputError
 from turn_core.review import save_cutoff
 
-run, df = sh.page_preamble("Loss distributions", "This run has no samples.")
+run, df = sh.page_preamble("Loss distributions", "This run has no samples.", shared=True)  # read only
 
 cols = views.loss_columns(df)
 truth = views.has_truth(df)

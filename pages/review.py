@@ -13,7 +13,6 @@ from turn_core.duplicates import NEAR_DUPLICATE_SIMILARITY
 from turn_core.errors import InputError
 from turn_core.review import accept_suggestions, record_decision
 from turn_core.views import images as vi
-from turn_core.views import neighbours as vn
 from turn_core.views import queue as vq
 
 # Only the columns this page shows, shared between reruns (no copy of the table per rerun);
@@ -276,11 +275,11 @@ else:
         st.markdown("**Nearest neighbours** (feature space)")
         # Row `cur` of the run's saved neighbours: no search per click. A run from before they
         # were saved searches them once, here, and saves them.
-        if vn.needs_search(run):
+        if views.needs_search(run):
             with st.spinner("Finding every image's neighbours once for this run…"):
-                nb = vn.run_neighbour_table(run, df, cur, k=8)
+                nb = views.run_neighbour_table(run, df, cur, k=8)
         else:
-            nb = vn.run_neighbour_table(run, df, cur, k=8)
+            nb = views.run_neighbour_table(run, df, cur, k=8)
         if len(nb) == 0:
             st.caption("No features saved for this run.")
         else:

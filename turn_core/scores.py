@@ -151,8 +151,15 @@ def signals_from_run(run) -> Signals:
     if run.features("post") is not None:
         feats.append(np.asarray(run.features("post"), dtype=np.float32))
     cv = list(np.load(run.dir / "cv_probs.npy"))
+    saved = []   # the run's saved neighbours (``Run.neighbours``), in view order, while each view has them
+    for which in ("pre", "post")[:len(feats[:len(cv)])]:
+        got = run.neighbours(which)
+        if got is None:
+            break
+        saved.append(got)
     return build_signals(labels, np.load(run.dir / "probs.npy"), s["clean_prob"].to_numpy(), losses, feats[:len(cv)],
-                         cv, knn_k=run.settings.get("knn_k", 10), tau=run.settings.get("tau", 0.5))
+                         cv, knn_k=run.settings.get("knn_k", 10), tau=run.settings.get("tau", 0.5),
+                         neighbours=saved, knn_method=run.settings.get("knn_method", "auto"))
 
 
 # ------------------------------------------------------------------------------ the ensemble

@@ -36,9 +36,13 @@ from .losses import (
 )
 from .neighbours import (
     nearest_neighbours,
+    needs_search,
     neighbour_table,
     neighbour_vote,
     normalise_rows,
+    panel_view,
+    run_neighbour_table,
+    saved_neighbours,
 )
 from .progress import PHASE_NAMES, EventTail, loss_curve_rows, per_class_spread, progress_summary
 from .queue import (
@@ -106,6 +110,7 @@ __all__ = [
     "loss_groups",
     "n_classes",
     "nearest_neighbours",
+    "needs_search",
     "neighbour_table",
     "neighbour_vote",
     "next_in_queue",
@@ -113,13 +118,16 @@ __all__ = [
     "normalise_rows",
     "paginate",
     "pair_counts",
+    "panel_view",
     "per_class_spread",
     "png_bytes",
     "pr_curve",
     "progress_summary",
     "review_queue",
+    "run_neighbour_table",
     "runs_table",
     "sample_per_class",
+    "saved_neighbours",
     "search_rows",
     "step",
     "suspect_order",
