@@ -162,3 +162,124 @@ def test_fft_epoch_shares_a_global_batch_as_one_process_would(monkeypatch):
         loss = torch.nn.functional.cross_entropy(z[sh], y[sh]) * (len(y[sh]) * 2 / 10)
         g += torch.autograd.grad(loss, z)[0] / 2          # DDP averages over the 2 ranks
     assert torch.allclose(g, g_full, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ out-of-fold probes
+def _epoch_recipe_reference(features, labels, n_classes, folds=5, seed=0, **kw):
+    """cross_val_linear_probs as it was before the step recipe (the numbers small runs must keep)."""
+    from turn_core.train import linear_logits, softmax
+
+    rng = np.random.default_rng(seed)
+    fold_of = np.zeros(len(labels), dtype=int)
+    for c in range(n_classes):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold_of[idx] = np.arange(len(idx)) % folds
+    x = np.asarray(features, dtype=np.float32)
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+    x = (x - mu) / sd
+    out = np.zeros((len(labels), n_classes), dtype=np.float32)
+    for f in range(folds):
+        tr, te = fold_of != f, fold_of == f
+        w, b, _ = train_linear_head(x[tr], labels[tr], n_classes, seed=seed + f, **kw)
+        out[te] = softmax(linear_logits(x[te], w, b))
+    return out
+
+
+def _noisy_blobs(n, d, k=4, noise=0.2, seed=0, scale=3.0):
+    """Separable blobs (float16) with ``noise`` of the labels moved to another class: (x, given, true)."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, k, n)
+    x = (rng.normal(size=(k, d)) * scale)[true] + rng.normal(size=(n, d))
+    given = true.copy()
+    flip = rng.random(n) < noise
+    given[flip] = (true[flip] + rng.integers(1, k, flip.sum())) % k
+    return x.astype(np.float16), given, true
+
+
+def test_probe_recipe_switches_above_the_threshold():
+    from turn_core.train import PROBE_RECIPES, PROBE_STREAM_ABOVE, probe_recipe
+
+    assert probe_recipe(PROBE_STREAM_ABOVE) == "epochs"
+    assert probe_recipe(PROBE_STREAM_ABOVE + 1) == "steps"
+    assert set(PROBE_RECIPES) == {"epochs", "steps"}
+
+
+def test_cross_val_below_the_threshold_keeps_the_epoch_recipes_numbers():
+    from turn_core.train import cross_val_linear_probs
+
+    x, y, _ = _noisy_blobs(400, 16, k=3)
+    kw = dict(epochs=4, lr=1e-3, batch_size=32, min_steps_per_epoch=8, seed=3)
+    got = cross_val_linear_probs(x, y, 3, **kw)            # the size chooses the recipe
+    ref = _epoch_recipe_reference(x, y, 3, **kw)
+    assert np.array_equal(got, ref)
+    assert np.array_equal(cross_val_linear_probs(x, y, 3, recipe="epochs", **kw), ref)
+
+
+def test_feature_moments_match_numpy_chunk_by_chunk():
+    from turn_core.train import feature_moments
+
+    x = (np.random.default_rng(2).normal(size=(1001, 7)) * [1, 2, 3, 4, 5, 6, 0] + 5).astype(np.float16)
+    mu, sd = feature_moments(x, chunk=64)
+    x64 = x.astype(np.float64)
+    assert mu.dtype == sd.dtype == np.float32
+    assert np.allclose(mu, x64.mean(0), atol=1e-5) and np.allclose(sd, x64.std(0) + 1e-6, rtol=1e-5, atol=1e-6)
+    assert sd[-1] == pytest.approx(1e-6)        # a constant dimension: only the guard remains
+
+
+def test_step_recipe_finds_wrong_labels_on_separable_data(monkeypatch):
+    from turn_core import train
+    from turn_core.metrics import auroc
+    from turn_core.train import cross_val_linear_probs
+
+    monkeypatch.setattr(train, "PROBE_STEPS", 300)     # a small budget keeps the test fast
+    x, given, true = _noisy_blobs(3000, 32, k=4, seed=1)
+    p = cross_val_linear_probs(x, given, 4, lr=1e-3, batch_size=64, recipe="steps")
+    assert p.shape == (3000, 4) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert np.mean(p.argmax(1) == true) > 0.95                       # out of fold, against the true labels
+    assert auroc(given != true, 1 - p[np.arange(3000), given]) > 0.95
+    again = cross_val_linear_probs(x, given, 4, lr=1e-3, batch_size=64, recipe="steps")
+    assert np.array_equal(p, again)                                  # seeded
+
+
+def test_step_recipe_streams_a_float16_memmap_without_a_float32_copy(tmp_path, monkeypatch):
+    """Large N: the probe reads mini-batches and chunks from the memmap; numpy never holds
+    anything near the (N, D) float32 copy the epoch recipe makes."""
+    import tracemalloc
+
+    from turn_core import train
+
+    n, d = 30_000, 128
+    x, given, true = _noisy_blobs(n, d, k=3, seed=4)
+    np.save(tmp_path / "f.npy", x)
+    f = np.load(tmp_path / "f.npy", mmap_mode="r")
+    monkeypatch.setattr(train, "PROBE_STEPS", 150)
+    monkeypatch.setattr(train, "PROBE_CHUNK_BYTES", 1 << 20)
+    assert train.probe_recipe(n) == "steps"
+    tracemalloc.start()
+    try:
+        p = train.cross_val_linear_probs(f, given, 3, lr=1e-2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    full_copy = n * d * 4
+    assert peak < full_copy / 4, (peak, full_copy)
+    assert np.mean(p.argmax(1) == true) > 0.9
+
+
+def test_step_recipe_is_cancelled_between_steps():
+    from turn_core.train import cross_val_linear_probs
+
+    x, y, _ = _noisy_blobs(500, 8)
+    tok = CancelToken()
+    tok.cancel()
+    with pytest.raises(Cancelled):
+        cross_val_linear_probs(x, y, 4, recipe="steps", cancel=tok)
+
+
+def test_unknown_probe_recipe_is_an_input_error():
+    from turn_core.errors import InputError
+    from turn_core.train import cross_val_linear_probs
+
+    x, y, _ = _noisy_blobs(50, 4)
+    with pytest.raises(InputError, match="probe recipe 'closed'"):
+        cross_val_linear_probs(x, y, 4, recipe="closed")
