@@ -223,7 +223,13 @@ def score(run_dir: Path, scratch: Path, a) -> dict:
     rows = np.arange(a.n)
     np.savez(scratch / "scored.npz", **{k: np.asarray(v) for k, v in result.items()},
              knn_agreement=sig.knn_probs[rows, x["given"]].astype(np.float32))
-    RunWriter(run_dir).write_npy("cv_probs.npy", np.stack(cv).astype(np.float32))
+    w = RunWriter(run_dir)
+    w.write_npy("cv_probs.npy", np.stack(cv).astype(np.float32))
+    for which, (idx, sims) in zip(("pre", "post"), sig.extra["neighbours"]):   # as the pipeline saves them
+        idx_name, sims_name = Run.neighbour_files(which)
+        w.write_npy(idx_name, np.asarray(idx, dtype=np.int32))
+        w.write_npy(sims_name, np.asarray(sims, dtype=np.float16))
+    w.close()
     import torch
 
     return {"seconds": seconds, "probes_s": probe_s[0], "torch_threads": torch.get_num_threads(), "recipe": train.probe_recipe(a.n) if a.probe_recipe == "auto"

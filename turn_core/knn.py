@@ -38,12 +38,18 @@ BLOCK_FLOATS = 1 << 28
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]
 METHODS: dict[str, Search] = {}
+# Methods that take the features as given (a float16 memmap stays one) and scale rows themselves:
+# at 1M × 1280 the float32 unit copy the others search would alone be 5 GB.
+READS_RAW: set[str] = set()
 
 
-def register(name: str):
-    """Add a search method ``fn(unit_features, k, chunk, device) -> (indices, sims)``."""
+def register(name: str, *, raw: bool = False):
+    """Add a search method ``fn(features, k, chunk, device) -> (indices, sims)``: ``features`` are
+    unit rows (float32), or with ``raw`` the caller's array as it is."""
     def deco(fn: Search) -> Search:
         METHODS[name] = fn
+        if raw:
+            READS_RAW.add(name)
         return fn
     return deco
 
@@ -53,9 +59,14 @@ def normalise(features) -> np.ndarray:
     Reads a float16 memmap in blocks, so the only full copy is the float32 result."""
     f = np.empty(features.shape, dtype=np.float32)
     for s in range(0, len(f), 65_536):
-        block = np.asarray(features[s:s + 65_536], dtype=np.float32)
-        f[s:s + len(block)] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        f[s:s + 65_536] = unit_rows(features[s:s + 65_536])
     return f
+
+
+def unit_rows(block) -> np.ndarray:
+    """float32 copy of ``block`` (M, D), rows scaled to unit length (zero rows stay zero)."""
+    block = np.asarray(block, dtype=np.float32)
+    return block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
 def choose_method(n: int, device: str = "cpu") -> str:
@@ -87,7 +98,7 @@ def search(features, k: int = 10, *, method: str = "auto", device: str | None = 
     if name == "hnsw" and importlib.util.find_spec("faiss") is None:
         raise InputError("knn_method 'hnsw' needs the faiss-cpu package: install it, or choose "
                          "'auto', 'exact' or 'bf16-rerank'")
-    return METHODS[name](normalise(features), k, chunk, str(device))
+    return METHODS[name](features if name in READS_RAW else normalise(features), k, chunk, str(device))
 
 
 def _topk(base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,19 +125,25 @@ def _exact(f: np.ndarray, k: int, chunk: int, device: str):
     return _topk(torch.from_numpy(f).to(device, torch.float32), k, chunk)
 
 
-def rerank(f: np.ndarray, candidates: np.ndarray, k: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k among ``candidates`` (N, C) (−1 = none; self never listed) by float32 cosine on
-    unit rows ``f``; returns (indices (N, k), sims (N, k)) best first."""
+def rerank(f, candidates: np.ndarray, k: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among ``candidates`` (N, C) (−1 = none; self never listed) by float32 cosine of
+    the rows of ``f`` (N, D; any scale, a float16 memmap is fine: each gathered row is scaled to
+    unit length here); returns (indices (N, k), sims (N, k)) best first."""
+    from .images import release_pages
+
     out_i = np.empty((len(f), k), dtype=np.int64)
     out_s = np.empty((len(f), k), dtype=np.float32)
     for s in range(0, len(f), chunk):
         cand = candidates[s:s + chunk]
         safe = np.where(cand < 0, 0, cand)
-        sims = np.einsum("nd,ncd->nc", f[s:s + chunk], f[safe])
+        near = unit_rows(f[safe.ravel()]).reshape(*safe.shape, -1)
+        sims = np.einsum("nd,ncd->nc", unit_rows(f[s:s + chunk]), near)
         sims[cand < 0] = -np.inf
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         out_i[s:s + chunk] = np.take_along_axis(cand, order, axis=1)
         out_s[s:s + chunk] = np.take_along_axis(sims, order, axis=1)
+        if (s // chunk) % 256 == 255:
+            release_pages(f)   # the gathered rows' mapped pages count in RSS: hand them back
     return out_i, out_s
 
 
@@ -139,27 +156,35 @@ def _bf16_rerank(f: np.ndarray, k: int, chunk: int, device: str):
     return rerank(f, cand, k)
 
 
-@register("hnsw")
-def _hnsw(f: np.ndarray, k: int, chunk: int, device: str):
+@register("hnsw", raw=True)
+def _hnsw(f, k: int, chunk: int, device: str):
+    """``f``: the caller's (N, D) features (a float16 memmap stays one). The index holds their
+    unit rows projected to ``PCA_DIMS`` (N × PCA_DIMS float32); the re-rank reads rows of ``f``."""
     import faiss
 
+    from .images import release_pages
+
     n, d = f.shape
-    x = f
+    pca = None
     if d > PCA_DIMS:
         pca = faiss.PCAMatrix(d, PCA_DIMS)
         rng = np.random.default_rng(0)
-        pca.train(f[np.sort(rng.choice(n, min(n, 50_000), replace=False))])
-        x = pca.apply(f)
-        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        pca.train(unit_rows(f[np.sort(rng.choice(n, min(n, 50_000), replace=False))]))
+    x = np.empty((n, PCA_DIMS if pca is not None else d), dtype=np.float32)
+    for s in range(0, n, 65_536):
+        block = unit_rows(f[s:s + 65_536])
+        x[s:s + len(block)] = unit_rows(pca.apply(block)) if pca is not None else block
+    release_pages(f)
     index = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    index.add(np.ascontiguousarray(x, dtype=np.float32))
+    index.add(x)
     index.hnsw.efSearch = max(HNSW_EF_SEARCH, k * CANDIDATES)
     c = min(k * CANDIDATES + 1, n)
     cand = np.empty((n, c - 1), dtype=np.int64)
     for s in range(0, n, 65_536):
-        _, got = index.search(np.ascontiguousarray(x[s:s + 65_536]), c)
+        _, got = index.search(x[s:s + 65_536], c)
         cand[s:s + len(got)] = _drop_self(got, np.arange(s, s + len(got)), c - 1)
+    del index, x
     return rerank(f, cand, k)
 
 
