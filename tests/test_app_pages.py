@@ -409,3 +409,27 @@ def test_export_page_writes_no_file_per_rerun_and_follows_a_decision(clean_env):
     shown = at.dataframe[0].value
     assert shown.loc[0, "decision"] == "exclude" and shown.loc[0, "final_label"] == ""
     assert not (d / ex.DOWNLOADS).exists()
+
+
+def test_review_and_export_pages_read_the_parquet_table(clean_env, monkeypatch):
+    """A run whose table is samples.parquet: once it exists (written by the run, or converted on
+    the first open of an older CSV-only run), Review and Export never parse samples.csv."""
+    import pandas as pd
+
+    from turn_core.rundir import Run
+
+    d = make_fake_run(clean_env / "pq", n=40)
+    assert Run(d).samples(columns=["index"]) is not None and (d / "samples.parquet").exists()
+
+    def no_csv(*a, **k):
+        raise AssertionError("samples.csv was parsed")
+
+    monkeypatch.setattr(pd, "read_csv", no_csv)
+    at = app("pq").run()
+    at.switch_page("pages/review.py").run()
+    no_exception(at)
+    at.button(key="rv_accept").click().run()
+    no_exception(at)
+    at.switch_page("pages/export.py").run()
+    no_exception(at)
+    assert ReviewStore(d).count_reviewed() == 1

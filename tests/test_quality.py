@@ -18,10 +18,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from inputs import tiny_demo_run
 
-from turn_core import pipeline
-from turn_core.config import RunConfig
 from turn_core.metrics import auroc, detection_metrics
 
 pytestmark = pytest.mark.slow
@@ -34,17 +32,7 @@ PAPER_AUROC_FLOOR = 0.65  # 1 − the paper's GMM clean posterior (selection.py)
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """One default TURN run on the tiny demo, in a private cache; returns its directory."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TURN_AUDIT_CACHE", str(tmp_path_factory.mktemp("turn_cache")))
-    threads = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("runs") / "quality"
-    try:
-        pipeline.run(RunConfig(data="demo", demo_n=400, image_size=32, lp_epochs=3, fft_epochs=2, batch_size=64,
-                               seed=0, out=str(out), num_threads=1))
-    finally:
-        mp.undo()
-        torch.set_num_threads(threads)   # num_threads=1 is process-wide
-    return out
+    return tiny_demo_run(tmp_path_factory, "quality", demo_n=400, lp_epochs=3, fft_epochs=2, seed=0)
 
 
 def _samples(run_dir) -> dict[str, np.ndarray]:

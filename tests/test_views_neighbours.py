@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from inputs import tiny_demo_run
 
 from turn_core import views
 
@@ -128,22 +129,7 @@ def test_panel_without_features_or_neighbours_is_empty(fake_run, fake_df):
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """One tiny TURN run (120 demo digits, one FFT epoch) in a private cache."""
-    import torch
-
-    from turn_core import pipeline
-    from turn_core.config import RunConfig
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TURN_AUDIT_CACHE", str(tmp_path_factory.mktemp("turn_cache")))
-    threads = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("runs") / "nb"
-    try:
-        pipeline.run(RunConfig(data="demo", demo_n=120, image_size=32, lp_epochs=2, fft_epochs=1, batch_size=64,
-                               knn_k=7, seed=0, out=str(out), num_threads=1))
-    finally:
-        mp.undo()
-        torch.set_num_threads(threads)
-    return out
+    return tiny_demo_run(tmp_path_factory, "nb", demo_n=120, lp_epochs=2, fft_epochs=1, knn_k=7, seed=0)
 
 
 @pytest.mark.slow
