@@ -138,17 +138,20 @@ with right:
                    f"{out['clean_excluded']} right labels excluded · {out['n_reviewed']} images reviewed.")
 
 # ------------------------------------------------------------------ manifest & Label Studio
+# A plain download does not rerun the page (on_click="ignore"): a rerun under way would replace
+# the other buttons while the reviewer reaches for the next one.
 st.subheader("Cleaned manifest and Label Studio")
 c1, c2, c3 = st.columns(3)
 c1.download_button("Download cleaned manifest (CSV)", _file("manifest"),
-                   file_name=f"cleaned-{run.dir.name}.csv", mime="text/csv", key="dl_manifest",
+                   file_name=f"cleaned-{run.dir.name}.csv", mime="text/csv", key="dl_manifest", on_click="ignore",
                    help="path,label — excluded images dropped, corrected labels applied; "
                         "paths relative to the dataset folder. Reads back into turn_core unchanged.")
 c2.download_button(f"Download Label Studio tasks ({n_suspects} suspects)", _file("label_studio"),
                    file_name=f"label_studio_tasks-{run.dir.name}.json", mime="application/json",
-                   key="dl_ls", help="Predictions with a `score` for each suspect, most suspicious first.")
+                   key="dl_ls", on_click="ignore", help="Predictions with a `score` for each suspect, most suspicious first.")
 c2.download_button("Download Label Studio config (XML)", ex.label_studio_config(run.classes).encode("utf-8"),
-                   file_name="label_studio_config.xml", mime="application/xml", key="dl_ls_cfg")
+                   file_name="label_studio_config.xml", mime="application/xml", key="dl_ls_cfg",
+                   on_click="ignore")
 if c3.button("Write every export to disk", key="ex_write_all"):
     try:
         paths = ex.export_all(run.dir)

@@ -45,9 +45,14 @@ def _wait_head(page, done: int, total: int | None = None) -> None:
 
 
 def _download(page, name: str) -> str:
+    """The bytes behind the download button ``name``, once the page is idle again (a button clicked
+    while a rerun replaces the page's elements can be lost)."""
+    wait_ready(page)
     with page.expect_download(timeout=30_000) as dl:
         page.get_by_role("button", name=re.compile(name)).click()
-    return Path(dl.value.path()).read_text(encoding="utf-8")
+    data = Path(dl.value.path()).read_text(encoding="utf-8")
+    wait_ready(page)
+    return data
 
 
 def _queue(run_dir: Path, cutoff: float) -> list[int]:
