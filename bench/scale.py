@@ -19,8 +19,9 @@ its peak RSS (``os.wait4``, the figure ``/usr/bin/time -v`` prints) is its own:
     decisions    a few thousand decisions through ``ReviewStore.record_many``
     review       Streamlit AppTest: open the Review page, then record one decision (Accept)
     export       ``export.write_corrected_csv``, every row
-    neighbours   ``knn.search`` exact (up to EXACT_FULL_MAX rows) and each approximate method,
-                 with recall@k against exact neighbours of QUERIES sampled rows
+    neighbours   recall@k against exact neighbours of QUERIES sampled rows: of the neighbours
+                 the score step saved, and (up to EXACT_FULL_MAX rows) of ``knn.search`` with
+                 each method, timed
 
 Prints one Markdown table and a final JSON line. Removes each run directory afterwards unless
 ``--keep``; refuses to start when the disk cannot hold the largest N.
@@ -196,7 +197,7 @@ def _inputs(scratch: Path) -> dict:
 @step("score")
 def score(run_dir: Path, scratch: Path, a) -> dict:
     """``score_step`` on both views, as the pipeline's final table calls it."""
-    from turn_core import train
+    from turn_core import knn, train
     from turn_core.config import RunConfig
     from turn_core.metrics import auroc, detection_metrics
     from turn_core.rundir import Run, RunWriter
@@ -214,7 +215,16 @@ def score(run_dir: Path, scratch: Path, a) -> dict:
         probe_s[0] += time.perf_counter() - t
         return out
 
+    search_s, real_search = [0.0], knn.search
+
+    def timed_search(*args, **kw):   # the neighbour search's share (scores.view_neighbours imports it per call)
+        t = time.perf_counter()
+        out = real_search(*args, **kw)
+        search_s[0] += time.perf_counter() - t
+        return out
+
     train.cross_val_linear_probs = timed_probe
+    knn.search = timed_search
     t0 = time.perf_counter()
     sig, result, cv = score_step(x["given"], run._npy("probs.npy"), x["clean_prob"], x["losses"], feats, cfg)
     seconds = time.perf_counter() - t0
@@ -232,7 +242,8 @@ def score(run_dir: Path, scratch: Path, a) -> dict:
     w.close()
     import torch
 
-    return {"seconds": seconds, "probes_s": probe_s[0], "torch_threads": torch.get_num_threads(), "recipe": train.probe_recipe(a.n) if a.probe_recipe == "auto"
+    return {"seconds": seconds, "probes_s": probe_s[0], "neighbours_s": search_s[0],
+            "knn_method": knn.choose_method(a.n, "cpu"), "torch_threads": torch.get_num_threads(), "recipe": train.probe_recipe(a.n) if a.probe_recipe == "auto"
             else a.probe_recipe, "f1": m["f1"], "auroc": m["auroc"],
             "probe_auroc_pre": auroc(noisy, 1 - cv[0][rows, x["given"]]),
             "probe_acc_pre": float(np.mean(cv[0].argmax(1) == x["true"])),
@@ -325,13 +336,17 @@ def export_all(run_dir: Path, scratch: Path, a) -> dict:
 
 @step("neighbours")
 def neighbours(run_dir: Path, scratch: Path, a) -> dict:
-    """``knn.search`` per method on the pretrained view; recall@k on QUERIES sampled rows."""
+    """Recall@k against exact neighbours of QUERIES sampled rows (pretrained view): of the
+    neighbours the score step saved (the method "auto" chose there), and of ``knn.search`` with
+    each method, timed, up to EXACT_FULL_MAX rows (above it the quadratic methods take hours and
+    the approximate one would repeat the score step's search)."""
     import torch
 
     from turn_core import knn
     from turn_core.rundir import Run
 
-    f = Run(run_dir).features("pre")
+    run = Run(run_dir)
+    f = run.features("pre")
     q = np.sort(np.random.default_rng(a.seed).choice(a.n, min(QUERIES, a.n), replace=False))
     unit = torch.from_numpy(knn.normalise(f[q]))
     sims = torch.cat([unit @ torch.from_numpy(knn.normalise(f[lo:lo + CHUNK])).T for lo in range(0, a.n, CHUNK)], 1)
@@ -339,15 +354,17 @@ def neighbours(run_dir: Path, scratch: Path, a) -> dict:
     truth = torch.topk(sims, KNN_K, dim=1).indices.numpy()
     del sims
     out = {"auto": knn.choose_method(a.n, "cpu")}
-    for name in knn.METHODS:
-        if name != "hnsw" and a.n > EXACT_FULL_MAX:    # quadratic: hours at 1M
-            continue
+    saved = run.neighbours("pre")
+    if saved is not None:
+        out["saved_recall"] = knn.recall_at_k(np.asarray(saved[0][q, :KNN_K]), truth)
+    t_all = time.perf_counter()
+    for name in knn.METHODS if a.n <= EXACT_FULL_MAX else ():
         t0 = time.perf_counter()
         idx, _ = knn.search(f, KNN_K, method=name, device="cpu")
         out[f"{name}_s"] = time.perf_counter() - t0
         out[f"{name}_recall"] = knn.recall_at_k(idx[q], truth)
         del idx
-    out["seconds"] = out.get(f"{out['auto']}_s", float("nan"))
+    out["seconds"] = out.get(f"{out['auto']}_s", time.perf_counter() - t_all)
     return out
 
 

@@ -195,3 +195,22 @@ def test_prepare_uses_the_saved_neighbours_and_searches_only_views_without(monke
                                          neighbours=[wide]).neighbours[0], saved)
     rerank.prepare(given, [feats + 1], [cv], cv, base.static, knn_k=8, neighbours=[None])
     assert searched == [n]                            # no graph for the view: searched
+
+
+def test_pca_above_the_sample_size_reads_blocks_and_finds_the_same_directions(tmp_path, monkeypatch):
+    """Above PCA_SAMPLE rows the PCA streams a float16 memmap block by block (no (N, D) float32
+    copy) and fits its SVD on a sample: its components match the whole-array PCA's, up to sign."""
+    rng = np.random.default_rng(0)
+    n, d = 1_200, 40
+    scales = np.r_[4.0, 3.0, 2.0, 1.5, np.full(d - 4, 0.2)]   # well-apart variances: stable directions
+    x = (rng.normal(size=(n, d)) * scales + 1.0).astype(np.float16)
+    path = tmp_path / "f.npy"
+    np.save(path, x)
+    whole = rerank.pca(x, dims=4)                          # n ≤ PCA_SAMPLE: the whole-array path
+    monkeypatch.setattr(rerank, "PCA_SAMPLE", 900)
+    streamed = rerank.pca(np.load(path, mmap_mode="r"), dims=4, block=256)
+    assert streamed.shape == (n, 4) and streamed.dtype == np.float32
+    for j in range(4):
+        r = np.corrcoef(whole[:, j], streamed[:, j])[0, 1]
+        assert abs(r) > 0.99, (j, r)
+    assert np.allclose(streamed.mean(axis=0), 0, atol=0.05 * streamed.std())   # centred by the full mean

@@ -125,24 +125,42 @@ def _exact(f: np.ndarray, k: int, chunk: int, device: str):
     return _topk(torch.from_numpy(f).to(device, torch.float32), k, chunk)
 
 
-def rerank(f, candidates: np.ndarray, k: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def rerank(f, candidates: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k among ``candidates`` (N, C) (−1 = none; self never listed) by float32 cosine of
-    the rows of ``f`` (N, D; any scale, a float16 memmap is fine: each gathered row is scaled to
-    unit length here); returns (indices (N, k), sims (N, k)) best first."""
+    the rows of ``f`` (N, D; any scale, a float16 memmap is fine); returns (indices (N, k), sims
+    (N, k)) best first.
+
+    Gathering the candidate rows is the cost (at 1M rows × 40 candidates, 40M row reads), so it
+    is done by torch in ``f``'s own dtype, converted to float32 after the gather, with each row's
+    length computed once beforehand: 3× faster than numpy's float16 gather-and-scale (bench/knn.py)."""
+    import warnings
+
+    import torch
+
     from .images import release_pages
 
-    out_i = np.empty((len(f), k), dtype=np.int64)
-    out_s = np.empty((len(f), k), dtype=np.float32)
-    for s in range(0, len(f), chunk):
-        cand = candidates[s:s + chunk]
-        safe = np.where(cand < 0, 0, cand)
-        near = unit_rows(f[safe.ravel()]).reshape(*safe.shape, -1)
-        sims = np.einsum("nd,ncd->nc", unit_rows(f[s:s + chunk]), near)
-        sims[cand < 0] = -np.inf
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        out_i[s:s + chunk] = np.take_along_axis(cand, order, axis=1)
-        out_s[s:s + chunk] = np.take_along_axis(sims, order, axis=1)
-        if (s // chunk) % 256 == 255:
+    n = len(f)
+    inv = np.empty(n, dtype=np.float32)
+    for s in range(0, n, 65_536):
+        block = np.asarray(f[s:s + 65_536], dtype=np.float32)
+        inv[s:s + len(block)] = 1.0 / np.maximum(np.linalg.norm(block, axis=1), 1e-12)
+    with warnings.catch_warnings():   # a read-only memmap: torch warns that it must not write, and it does not
+        warnings.simplefilter("ignore", UserWarning)
+        rows = torch.from_numpy(np.asarray(f))
+    inv_t = torch.from_numpy(inv)
+    out_i = np.empty((n, k), dtype=np.int64)
+    out_s = np.empty((n, k), dtype=np.float32)
+    for b, s in enumerate(range(0, n, chunk)):
+        cand = torch.from_numpy(np.ascontiguousarray(candidates[s:s + chunk], dtype=np.int64))
+        missing, safe = cand < 0, cand.clamp(min=0)
+        near = rows.index_select(0, safe.reshape(-1)).float().reshape(*safe.shape, -1)
+        sims = torch.bmm(near, rows[s:s + len(cand)].float().unsqueeze(2)).squeeze(2)
+        sims *= inv_t[safe] * inv_t[s:s + len(cand)].unsqueeze(1)
+        sims[missing] = -torch.inf
+        val, order = torch.sort(sims, dim=1, descending=True, stable=True)
+        out_i[s:s + len(cand)] = torch.gather(cand, 1, order[:, :k]).numpy()
+        out_s[s:s + len(cand)] = val[:, :k].numpy()
+        if b % 512 == 511:
             release_pages(f)   # the gathered rows' mapped pages count in RSS: hand them back
     return out_i, out_s
 
