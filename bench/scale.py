@@ -334,25 +334,43 @@ def export_all(run_dir: Path, scratch: Path, a) -> dict:
     return {"seconds": time.perf_counter() - t0, "mb": out.stat().st_size / 1e6}
 
 
+def exact_neighbours(f, q: np.ndarray, k: int) -> np.ndarray:
+    """(len(q), k) exact cosine neighbours of rows ``q`` of ``f`` (self excluded), merged block by
+    block: never a (len(q), N) similarity array (4 GB at 1M, which set this step's peak RSS)."""
+    import torch
+
+    from turn_core import knn
+    from turn_core.images import release_pages
+
+    unit = torch.from_numpy(knn.normalise(f[q]))
+    qt = torch.from_numpy(q)
+    best_s = torch.full((len(q), k), -torch.inf)
+    best_i = torch.zeros((len(q), k), dtype=torch.int64)
+    for lo in range(0, len(f), CHUNK):
+        sims = unit @ torch.from_numpy(knn.normalise(f[lo:lo + CHUNK])).T
+        own = (qt >= lo) & (qt < lo + sims.shape[1])
+        sims[own.nonzero().squeeze(1), qt[own] - lo] = -torch.inf     # not your own neighbour
+        both_s = torch.cat([best_s, sims], 1)
+        both_i = torch.cat([best_i, torch.arange(lo, lo + sims.shape[1]).expand(len(q), -1)], 1)
+        best_s, pick = torch.topk(both_s, k, dim=1)
+        best_i = torch.gather(both_i, 1, pick)
+        release_pages(f)
+    return best_i.numpy()
+
+
 @step("neighbours")
 def neighbours(run_dir: Path, scratch: Path, a) -> dict:
     """Recall@k against exact neighbours of QUERIES sampled rows (pretrained view): of the
     neighbours the score step saved (the method "auto" chose there), and of ``knn.search`` with
     each method, timed, up to EXACT_FULL_MAX rows (above it the quadratic methods take hours and
     the approximate one would repeat the score step's search)."""
-    import torch
-
     from turn_core import knn
     from turn_core.rundir import Run
 
     run = Run(run_dir)
     f = run.features("pre")
     q = np.sort(np.random.default_rng(a.seed).choice(a.n, min(QUERIES, a.n), replace=False))
-    unit = torch.from_numpy(knn.normalise(f[q]))
-    sims = torch.cat([unit @ torch.from_numpy(knn.normalise(f[lo:lo + CHUNK])).T for lo in range(0, a.n, CHUNK)], 1)
-    sims[torch.arange(len(q)), torch.from_numpy(q)] = -torch.inf     # not your own neighbour
-    truth = torch.topk(sims, KNN_K, dim=1).indices.numpy()
-    del sims
+    truth = exact_neighbours(f, q, KNN_K)
     out = {"auto": knn.choose_method(a.n, "cpu")}
     saved = run.neighbours("pre")
     if saved is not None:
