@@ -63,6 +63,18 @@ def normalise(features) -> np.ndarray:
     return f
 
 
+def as_tensor(array):
+    """A torch tensor over ``array``'s memory, no copy (a read-only float16 memmap stays one:
+    torch warns that it cannot write there, and nothing here writes)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(array))
+
+
 def unit_rows(block) -> np.ndarray:
     """float32 copy of ``block`` (M, D), rows scaled to unit length (zero rows stay zero)."""
     block = np.asarray(block, dtype=np.float32)
@@ -132,9 +144,7 @@ def rerank(f, candidates: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndar
 
     Gathering the candidate rows is the cost (at 1M rows × 40 candidates, 40M row reads), so it
     is done by torch in ``f``'s own dtype, converted to float32 after the gather, with each row's
-    length computed once beforehand: 3× faster than numpy's float16 gather-and-scale (bench/knn.py)."""
-    import warnings
-
+    length computed once beforehand: 3× faster than numpy's float16 gather-and-scale (BENCHMARKS.md §6)."""
     import torch
 
     from .images import release_pages
@@ -144,9 +154,7 @@ def rerank(f, candidates: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndar
     for s in range(0, n, 65_536):
         block = np.asarray(f[s:s + 65_536], dtype=np.float32)
         inv[s:s + len(block)] = 1.0 / np.maximum(np.linalg.norm(block, axis=1), 1e-12)
-    with warnings.catch_warnings():   # a read-only memmap: torch warns that it must not write, and it does not
-        warnings.simplefilter("ignore", UserWarning)
-        rows = torch.from_numpy(np.asarray(f))
+    rows = as_tensor(f)
     inv_t = torch.from_numpy(inv)
     out_i = np.empty((n, k), dtype=np.int64)
     out_s = np.empty((n, k), dtype=np.float32)
@@ -225,5 +233,5 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.sum(hits) / max(exact.size, 1))
 
 
-__all__ = ["CANDIDATES", "CHOICES", "EXACT_MAX", "METHODS", "PCA_DIMS", "choose_method", "normalise", "recall_at_k",
+__all__ = ["CANDIDATES", "CHOICES", "EXACT_MAX", "METHODS", "PCA_DIMS", "as_tensor", "choose_method", "normalise", "recall_at_k",
            "register", "rerank", "search"]

@@ -83,12 +83,10 @@ def pca(features: np.ndarray, dims: int = PCA_DIMS, seed: int = 0, block: int = 
         dims = max(1, min(dims, *f.shape))
         _, _, vt = np.linalg.svd(f, full_matrices=False)
         return (f @ vt[:dims].T).astype(np.float32)
-    import warnings
-
     import torch
 
     from .images import release_pages
-    from .knn import unit_rows
+    from .knn import as_tensor, unit_rows
 
     # Centred by the sample's mean, so one pass over the rows does it all: (u − m) · B = u · B − m · B.
     sample = unit_rows(features[np.sort(rng.choice(n, PCA_SAMPLE, replace=False))])
@@ -100,9 +98,7 @@ def pca(features: np.ndarray, dims: int = PCA_DIMS, seed: int = 0, block: int = 
     shift = torch.from_numpy(mean.astype(np.float32)) @ basis
     out = np.empty((n, dims), dtype=np.float32)
     for s in range(0, n, block):
-        with warnings.catch_warnings():   # a read-only memmap block: torch only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            rows = torch.from_numpy(np.asarray(features[s:s + block])).float()   # torch: 3× numpy's float16 cast
+        rows = as_tensor(features[s:s + block]).float()   # torch: 3× faster than numpy's float16 cast
         rows /= torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(1e-12)
         out[s:s + block] = (rows @ basis - shift).numpy()
         if (s // block) % 8 == 7:

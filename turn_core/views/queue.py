@@ -242,8 +242,8 @@ def compute_learned(run_dir, decisions: dict, classes: list[str]) -> dict:
 
 def _yield_cpu() -> None:
     """Lower the calling thread's CPU priority (Linux: nice is per thread), so that a re-ranking
-    on a few cores never slows the page's rerun after a keystroke (at 1M rows a decision took
-    0.81–0.88 s beside a running re-ranking, 0.47 s alone; bench/scale.py)."""
+    on a few cores slows the page's rerun after a keystroke less (the numpy/torch pool threads it
+    uses keep theirs; BENCHMARKS.md §6)."""
     if sys.platform.startswith("linux"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
