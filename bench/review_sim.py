@@ -66,7 +66,8 @@ def summary(curve: np.ndarray, n_errors: int, budgets: list[int]) -> dict:
 
 
 def learning_walk(base: rerank.RerankBase, truth: np.ndarray, stop_after: int,
-                  every: int = rerank.REFRESH_EVERY, learner: str = rerank.LEARNER) -> np.ndarray:
+                  every: int = rerank.REFRESH_EVERY, learner: str = rerank.LEARNER,
+                  hedge: bool = rerank.HEDGE) -> np.ndarray:
     """The images in the order the learning queue shows them to an oracle reviewer: ``every``
     decisions from the current order, then a re-ranking with what they revealed, and so on
     until ``stop_after`` decisions (the rest in the last order)."""
@@ -76,7 +77,8 @@ def learning_walk(base: rerank.RerankBase, truth: np.ndarray, stop_after: int,
         take = order[:every]
         walked.extend(int(i) for i in take)
         reviewed = np.array(walked, dtype=np.int64)
-        order = rerank.learned_order(base, reviewed, truth[reviewed], order=order[every:], learner=learner)
+        order = rerank.learned_order(base, reviewed, truth[reviewed], order=order[every:], learner=learner,
+                                     hedge=hedge)
     return np.concatenate([np.array(walked, dtype=np.int64), order])[:len(truth)]
 
 
@@ -135,6 +137,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--every", type=int, default=rerank.REFRESH_EVERY, help="decisions between re-rankings")
     ap.add_argument("--orders", default="static,learning,cleanlab,knn,naive")
     ap.add_argument("--learner", default=rerank.LEARNER, choices=list(rerank.LEARNERS))
+    ap.add_argument("--hedge", type=int, choices=(0, 1), default=int(rerank.HEDGE),
+                    help="1: blend the learned and static orders by how each ranked the latest decisions")
     a = ap.parse_args(argv)
     budgets = [int(b) for b in a.budget.split(",") if b]
     run = Run(a.run)
@@ -160,7 +164,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         base = rerank.base_from_run(run)
         orders["learning"] = learning_walk(base, truth, stop_after=max(max(budgets), d90_static),
-                                           every=a.every, learner=a.learner)
+                                           every=a.every, learner=a.learner, hedge=bool(a.hedge))
         times["learning"] = time.time() - t0
     if "cleanlab" in wanted:
         t0 = time.time()

@@ -38,13 +38,13 @@ def test_decisions_rank_the_remaining_errors_better():
     base, truth, given = _world()
     order = rerank.static_order(base.static)
     seen = order[:100]
-    s = rerank.learned_suspicion(base, seen, truth[seen])
+    s = rerank.learned_suspicion(base, seen, truth[seen], learner="rebuild", hedge=False)
     rest = np.setdiff1d(np.arange(len(truth)), seen)
     wrong = (truth != given)[rest]
     before = detection_metrics(wrong, base.static[rest] > 0.5, base.static[rest])["auroc"]
     after = detection_metrics(wrong, s[rest] > 0.5, s[rest])["auroc"]
     assert after > before + 0.05
-    lo = rerank.learned_order(base, seen, truth[seen])
+    lo = rerank.learned_order(base, seen, truth[seen], learner="rebuild", hedge=False)
     assert set(lo) == set(rest) and len(lo) == len(rest)
     assert list(s[lo]) == sorted(s[lo], reverse=True)
 
@@ -214,3 +214,49 @@ def test_pca_above_the_sample_size_reads_blocks_and_finds_the_same_directions(tm
         r = np.corrcoef(whole[:, j], streamed[:, j])[0, 1]
         assert abs(r) > 0.99, (j, r)
     assert np.allclose(streamed.mean(axis=0), 0, atol=0.05 * streamed.std())   # centred by the full mean
+
+
+# ------------------------------------------------------------------------------ the hedge
+
+
+def test_auroc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(5)
+    score = rng.integers(0, 6, 300).astype(float)   # many ties
+    pos = rng.random(300) < 0.3
+    pairs = (score[pos][:, None] > score[~pos][None, :]) + 0.5 * (score[pos][:, None] == score[~pos][None, :])
+    assert rerank.auroc(score, pos) == pytest.approx(pairs.mean())
+    assert rerank.auroc(score, np.zeros(300, bool)) is None
+
+
+def test_the_hedge_trusts_a_learner_that_ranks_the_latest_decisions_better():
+    base, truth, given = _confused_pair_world()   # static order random, the pair learnable
+    order = rerank.static_order(base.static)
+    seen = order[:300]
+    assert rerank.hedge_weight(base, seen[:2 * rerank.HEDGE_MIN - 2], truth[seen[:2 * rerank.HEDGE_MIN - 2]]) == 0.0
+    assert rerank.hedge_weight(base, seen, truth[seen]) >= 0.75
+    s = rerank.learned_suspicion(base, seen, truth[seen], hedge=True)
+    rest = np.setdiff1d(np.arange(len(truth)), seen)
+    wrong = (truth != given)[rest]
+    assert rerank.auroc(s[rest], wrong) > rerank.auroc(base.static[rest], wrong) + 0.1
+
+
+def _walk(base, truth, learner, hedge, n=360, every=20):
+    """Errors an oracle fixes in ``n`` decisions walking the learning queue (re-ranked every ``every``)."""
+    order = rerank.static_order(base.static)
+    seen: list[int] = []
+    while len(seen) < n:
+        seen += [int(i) for i in order[:every]]
+        rv = np.array(seen)
+        order = rerank.learned_order(base, rv, truth[rv], order=order[every:], learner=learner, hedge=hedge)
+    return int(np.sum(truth[seen] != base.labels[seen]))
+
+
+def test_the_hedge_keeps_a_useless_learner_from_costing_errors(monkeypatch):
+    base, truth, _ = _world(noise=0.15)   # static suspicion half informative, few errors left late
+    rng = np.random.default_rng(9)
+    monkeypatch.setitem(rerank.LEARNERS, "noise", lambda b, lab, tr: rng.random(len(lab)))
+    static = int(np.sum((truth != base.labels)[rerank.static_order(base.static)[:360]]))
+    unhedged = _walk(base, truth, "noise", hedge=False)
+    hedged = _walk(base, truth, "noise", hedge=True)
+    assert unhedged < static - 5          # a random re-ranking does cost errors here
+    assert hedged >= static - 0.01 * 360 - 2 and hedged > unhedged

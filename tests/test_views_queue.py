@@ -68,11 +68,12 @@ def test_trusted_labels_and_changed_decisions():
     from turn_core import rerank
     from turn_core.views import queue as vq
 
-    dec = {4: _decision(4, "relabel", "dog", 2.0), 1: _decision(1, "keep", "cat", 1.0),
-           7: _decision(7, "exclude", None, 3.0)}
+    dec = {4: _decision(4, "relabel", "dog", 2.0), 1: _decision(1, "keep", "cat", 3.0),
+           7: _decision(7, "exclude", None, 1.0)}
     idx, lab = vq.trusted_labels(dec, ["cat", "dog"])
-    assert idx.tolist() == [1, 4, 7] and lab.tolist() == [0, 1, rerank.UNKNOWN]
-    assert vq.decisions_changed(dec, {1: "cat", 4: "cat", 7: "cat"}) == [False, True, True]
+    # oldest decision first: the learning queue's hedge holds out the latest ones
+    assert idx.tolist() == [7, 4, 1] and lab.tolist() == [rerank.UNKNOWN, 1, 0]
+    assert vq.decisions_changed(dec, {1: "cat", 4: "cat", 7: "cat"}) == [True, True, False]
     assert not vq.learning_due(None, 24, every=25, start=25) and vq.learning_due(None, 25, every=25, start=25)
     assert not vq.learning_due({"n_decisions": 25}, 40, every=25, start=25)
     assert vq.learning_due({"n_decisions": 25}, 50, every=25, start=25)

@@ -39,6 +39,10 @@ PCA_DIMS = 64             # the refitted probe works on this many principal comp
 PCA_SAMPLE = 20_000       # rows the PCA's SVD is fitted on (all of them at or below)
 STACK_L2 = 1.0            # the stacked learner's L2 penalty on its signal weights (dev runs: 0.1 / 1 / 10)
 PAIR_PRIOR = 20.0         # decisions a pair needs before its own hit rate counts as much as the score
+HEDGE = True              # blend the learned order with the static one by how each ranked the latest decisions
+HEDGE_WINDOW = 100        # the latest decisions the hedge holds out to compare the two orders on
+HEDGE_MIN = 25            # held-out decisions the hedge needs before it moves off the static order
+HEDGE_BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)  # learned share of the blends it compares
 HIT_WINDOW = 50           # the running hit rate is the share of the last HIT_WINDOW decisions that fixed a label
 UNKNOWN = -1              # trusted label of an excluded image: reviewed, but no class
 
@@ -356,16 +360,66 @@ LEARNERS = {
     "rebuild": lambda b, lab, tr: suspicion_from_probs(b, rebuilt_probs(b, lab, tr), lab, tr),
     "stack": stacked_suspicion,
 }
-LEARNER = "rebuild"  # measured on the dev runs only: see /work/prompts/out/wl.md and BENCHMARKS.md §3
+LEARNER = "stack"  # with HEDGE: the best mean D90 on the dev runs among those never behind static (BENCHMARKS.md §3)
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``score`` (M,) for ``positive`` (M,) bool (ties count half);
+    None when one of the two classes is empty."""
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(np.asarray(score, dtype=np.float64), kind="stable")
+    sorted_s = np.asarray(score, dtype=np.float64)[order]
+    ranks = np.empty(len(pos))
+    # average ranks over ties
+    _, start, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    ranks[order] = np.repeat(start + (counts + 1) / 2.0, counts)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def hedge_weight(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray, learner: str = LEARNER,
+                 window: int = HEDGE_WINDOW) -> float:
+    """How much (0…1, from ``HEDGE_BLENDS``) of the learned order to trust, read from the
+    reviewer's own answers, never from a truth file.
+
+    The latest ``window`` decisions (at most half of them all) are held out: the learner is
+    fitted on the decisions before them, and each blend of its suspicion with the static one
+    (by rank) is scored by its AUROC on the held-out images (was the label changed?). The
+    blend that ranked them best wins; ties go to the static side. reviewed (M,) int indices,
+    oldest decision first; true_labels (M,) int. 0 (static) while there is no evidence:
+    fewer than 2 × ``HEDGE_MIN`` decisions, or a held-out window without both outcomes."""
+    reviewed = np.asarray(reviewed, dtype=np.int64)
+    true_labels = np.asarray(true_labels, dtype=np.int64)
+    w = min(window, len(reviewed) // 2)
+    if w < HEDGE_MIN:
+        return 0.0
+    held, past = reviewed[-w:], slice(0, len(reviewed) - w)
+    changed = true_labels[-w:] != base.labels[held]
+    labels, trusted = corrected_labels(base, reviewed[past], true_labels[past])
+    before = rank01(LEARNERS[learner](base, labels, trusted))[held]
+    static = rank01(base.static)[held]
+    best, best_auc = 0.0, -1.0
+    for a in HEDGE_BLENDS:
+        auc = auroc(a * before + (1 - a) * static, changed)
+        if auc is None:
+            return 0.0
+        if auc > best_auc + 1e-9:
+            best, best_auc = a, auc
+    return best
 
 
 def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
-                      learner: str = LEARNER) -> np.ndarray:
+                      learner: str = LEARNER, hedge: bool = HEDGE) -> np.ndarray:
     """New suspicion (N,) in [0, 1] of every image after the decisions so far.
 
-    reviewed (M,) int indices; true_labels (M,) int, the class each one really has (UNKNOWN:
-    excluded). Reviewed images keep their static suspicion (they leave the queue anyway). Before
-    ``WARMUP`` decisions the result is the static suspicion: the learning queue starts as the run's.
+    reviewed (M,) int indices, oldest decision first; true_labels (M,) int, the class each one
+    really has (UNKNOWN: excluded). Reviewed images keep their static suspicion (they leave the
+    queue anyway). Before ``WARMUP`` decisions the result is the static suspicion: the learning
+    queue starts as the run's. With ``hedge`` the learned suspicion is blended (by rank) with
+    the static one as far as the latest decisions say it ranks better (``hedge_weight``), so a
+    learner that does not help on a data set leaves the static order nearly as it was.
     """
     reviewed = np.asarray(reviewed, dtype=np.int64)
     if learner not in LEARNERS:
@@ -374,11 +428,16 @@ def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.nd
         return base.static.copy()
     labels, trusted = corrected_labels(base, reviewed, true_labels)
     score = LEARNERS[learner](base, labels, trusted)
+    if hedge:
+        a = hedge_weight(base, reviewed, true_labels, learner)
+        # the blend is of ranks in (0, 1): a suspicion's scale says nothing across learners
+        score = a * rank01(score) + (1 - a) * rank01(base.static)
     return np.where(trusted, base.static, score)
 
 
 def learned_order(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
-                  order: np.ndarray | None = None, top_n: int = TOP_N, learner: str = LEARNER) -> np.ndarray:
+                  order: np.ndarray | None = None, top_n: int = TOP_N, learner: str = LEARNER,
+                  hedge: bool = HEDGE) -> np.ndarray:
     """The unreviewed images (int indices) in learned order, most suspect first.
 
     ``order``: the current queue order of all images (default: static suspicion); only its first
@@ -390,7 +449,7 @@ def learned_order(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarra
     done[np.asarray(reviewed, dtype=np.int64)] = True
     rest = np.asarray(order, dtype=np.int64)[~done[order]]
     head, tail = rest[:top_n], rest[top_n:]
-    s = learned_suspicion(base, reviewed, true_labels, learner)
+    s = learned_suspicion(base, reviewed, true_labels, learner, hedge)
     head = head[np.argsort(-s[head], kind="stable")]
     return np.concatenate([head, tail])
 
@@ -433,9 +492,11 @@ __all__ = [
     "UNKNOWN",
     "WARMUP",
     "RerankBase",
+    "auroc",
     "base_from_run",
     "corrected_labels",
     "errors_left",
+    "hedge_weight",
     "hit_rate",
     "learned_order",
     "learned_probs",

@@ -170,10 +170,12 @@ _lock = threading.Lock()
 
 
 def trusted_labels(decisions: dict, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(indices (M,) int, labels (M,) int) the reviewer's decisions say: each decision's final
+    """(indices (M,) int, labels (M,) int) the reviewer's decisions say, oldest decision first
+    (the hedge of ``rerank.learned_suspicion`` holds out the latest): each decision's final
     label as a class index, ``rerank.UNKNOWN`` for an excluded image or a label not in ``classes``."""
     idx = {c: i for i, c in enumerate(classes)}
-    items = sorted((int(i), d) for i, d in (decisions or {}).items() if decision_name(d))
+    items = sorted(((int(i), d) for i, d in (decisions or {}).items() if decision_name(d)),
+                   key=lambda it: (it[1].created_at, it[1].id, it[0]))
     lab = [idx.get(getattr(d, "final_label", None) or "", rerank.UNKNOWN) for _, d in items]
     return np.array([i for i, _ in items], dtype=np.int64), np.array(lab, dtype=np.int64)
 
