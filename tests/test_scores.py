@@ -304,6 +304,20 @@ def test_top_k_cl_flags_exactly_the_planted_errors():
     assert np.array_equal(out["suggested"][wrong], (s.labels[wrong] + 2) % 3)   # back to the truth
 
 
+def test_cl_structured_takes_the_expected_count_only_when_the_gmm_sees_far_fewer():
+    from turn_core.scores import STRUCTURED_RATIO
+
+    s, _ = _planted()        # CL counts 6; the ensemble expects 54 × 0.1 + 6 × 0.95 = 11.1
+    cl, expected = 6, 54 * 0.1 + 6 * 0.95
+    s.clean_prob = np.ones(60)
+    s.clean_prob[:6] = 0.0   # the GMM sees the 6 as well: the CL count stands
+    assert ERROR_COUNTS["cl-structured"](s, np.zeros(60)) == cl
+    s.clean_prob = np.ones(60)
+    s.clean_prob[:int(STRUCTURED_RATIO * cl) - 1] = 0.0   # far fewer: consistent flips, count larger
+    assert ERROR_COUNTS["cl-structured"](s, np.zeros(60)) == pytest.approx(expected)
+    assert FLAG_RULES["top-k-cl-structured"](s, np.arange(60.0)).sum() == round(expected)
+
+
 def test_gmm_on_suspicion_counts_the_high_mode():
     rng = np.random.default_rng(3)
     sus = np.concatenate([rng.uniform(0.0, 0.1, 80), rng.uniform(0.85, 0.95, 20)])

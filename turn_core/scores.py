@@ -338,6 +338,24 @@ def count_expected(s: Signals, suspicion: np.ndarray) -> float:
     return float(np.sum(1.0 - p[np.arange(len(s.labels)), s.labels]))
 
 
+STRUCTURED_RATIO = 0.58  # the GMM count below this share of the CL count reads as consistent flips:
+                         # halfway between the dev runs' asym40 (0.50) and the nearest other, sym40
+                         # (0.66; aggre 0.77, random1 0.75), bench/protocol.py --stage dev
+
+
+@register_error_count("cl-structured")
+def count_cl_structured(s: Signals, suspicion: np.ndarray) -> float:
+    """The CL count, or the ensemble's expected count when the loss GMM sees far fewer wrong
+    labels than confident learning does (under ``STRUCTURED_RATIO`` of it). Consistent flips
+    (one class mapped onto another) are learned by the model, so their losses look clean to the
+    GMM and their probabilities pull the CL count down too; ranking them is then hard, and a
+    larger k buys more recall than it costs precision."""
+    cl = count_confident_learning(s, suspicion)
+    if count_gmm(s, suspicion) < STRUCTURED_RATIO * cl:
+        return count_expected(s, suspicion)
+    return cl
+
+
 # ---------------------------------------------------------- applying a score and a flag rule
 
 
