@@ -271,11 +271,11 @@ def flag_confident_learning(s: Signals, suspicion: np.ndarray) -> np.ndarray:
 # AUROC) but its "top class differs" rule over-flags on low noise, while the GMM counts well on
 # loss-separable noise and collapses on consistent flips. A top-k rule ranks by the run's
 # suspicion and takes k from an estimate of the number of wrong labels that reads no truth.
-# Chosen on development images only (bench/protocol.py, cifar10n.py --seed 0): "top-k-cl" had
-# the smallest worst-setting F1 shortfall from the best rule (0.021, asym40; GMM-based rules lost
-# 0.16 there); its count over-estimates on low noise, which costs F1 less than under-flagging.
-# On the held-out images it is within 0.012 of the best rule on aggre, random1 and sym40 but 0.05
-# short on asymmetric 0.4, where no rule beats the k-NN vote's F1 at 1,000 images.
+# Chosen on development images only (bench/protocol.py, cifar10n.py --seed 0): "top-k-cl" first
+# (GMM-based rules lost 0.16 on asym40), then "top-k-cl-structured", which takes the expected
+# count when the GMM's collapses (consistent flips): on held-out images it is within 0.014 F1 of
+# the best rule in all four settings, where "top-k-cl" was 0.05 short on asymmetric 0.4
+# (BENCHMARKS.md §1).
 ERROR_COUNTS: dict[str, Callable[[Signals, np.ndarray], float]] = {}
 
 
