@@ -136,7 +136,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget", default="100,250,500,1000")
     ap.add_argument("--every", type=int, default=rerank.REFRESH_EVERY, help="decisions between re-rankings")
     ap.add_argument("--orders", default="static,learning,cleanlab,knn,naive")
-    ap.add_argument("--learner", default=rerank.LEARNER, choices=list(rerank.LEARNERS))
+    ap.add_argument("--learner", default=rerank.LEARNER,
+                    help=f"one of {', '.join(rerank.LEARNERS)}, or several joined by + (with --hedge 1)")
     ap.add_argument("--hedge", type=int, choices=(0, 1), default=int(rerank.HEDGE),
                     help="1: blend the learned and static orders by how each ranked the latest decisions")
     a = ap.parse_args(argv)

@@ -260,3 +260,17 @@ def test_the_hedge_keeps_a_useless_learner_from_costing_errors(monkeypatch):
     hedged = _walk(base, truth, "noise", hedge=True)
     assert unhedged < static - 5          # a random re-ranking does cost errors here
     assert hedged >= static - 0.01 * 360 - 2 and hedged > unhedged
+
+
+def test_the_hedge_chooses_among_several_learners_only_when_hedged(monkeypatch):
+    base, truth, given = _confused_pair_world()
+    rng = np.random.default_rng(4)
+    monkeypatch.setitem(rerank.LEARNERS, "noise", lambda b, lab, tr: rng.random(len(lab)))
+    seen = rerank.static_order(base.static)[:300]
+    with pytest.raises(InputError, match="need the hedge"):
+        rerank.learned_suspicion(base, seen, truth[seen], learner="noise+rebuild", hedge=False)
+    name, share = rerank.hedge_choice(base, seen, truth[seen], ("noise", "rebuild"))
+    assert name == "rebuild" and share >= 0.75   # the learner that ranks the pair, not the noise
+    s = rerank.learned_suspicion(base, seen, truth[seen], learner="noise+rebuild", hedge=True)
+    rest = np.setdiff1d(np.arange(len(truth)), seen)
+    assert rerank.auroc(s[rest], (truth != given)[rest]) > rerank.auroc(base.static[rest], (truth != given)[rest]) + 0.1

@@ -379,35 +379,44 @@ def auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def hedge_weight(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray, learner: str = LEARNER,
-                 window: int = HEDGE_WINDOW) -> float:
-    """How much (0…1, from ``HEDGE_BLENDS``) of the learned order to trust, read from the
-    reviewer's own answers, never from a truth file.
+def hedge_choice(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray, learners=(LEARNER,),
+                 window: int = HEDGE_WINDOW) -> tuple[str, float]:
+    """Which learner, and how much (0…1, from ``HEDGE_BLENDS``) of its order, to trust, read
+    from the reviewer's own answers, never from a truth file.
 
-    The latest ``window`` decisions (at most half of them all) are held out: the learner is
+    The latest ``window`` decisions (at most half of them all) are held out: each learner is
     fitted on the decisions before them, and each blend of its suspicion with the static one
     (by rank) is scored by its AUROC on the held-out images (was the label changed?). The
-    blend that ranked them best wins; ties go to the static side. reviewed (M,) int indices,
-    oldest decision first; true_labels (M,) int. 0 (static) while there is no evidence:
-    fewer than 2 × ``HEDGE_MIN`` decisions, or a held-out window without both outcomes."""
+    blend that ranked them best wins; ties go to the static side, then to the first learner.
+    reviewed (M,) int indices, oldest decision first; true_labels (M,) int. (first learner, 0)
+    while there is no evidence: fewer than 2 × ``HEDGE_MIN`` decisions, or a held-out window
+    without both outcomes."""
     reviewed = np.asarray(reviewed, dtype=np.int64)
     true_labels = np.asarray(true_labels, dtype=np.int64)
+    learners = tuple(learners)
     w = min(window, len(reviewed) // 2)
     if w < HEDGE_MIN:
-        return 0.0
+        return learners[0], 0.0
     held, past = reviewed[-w:], slice(0, len(reviewed) - w)
     changed = true_labels[-w:] != base.labels[held]
     labels, trusted = corrected_labels(base, reviewed[past], true_labels[past])
-    before = rank01(LEARNERS[learner](base, labels, trusted))[held]
     static = rank01(base.static)[held]
-    best, best_auc = 0.0, -1.0
-    for a in HEDGE_BLENDS:
-        auc = auroc(a * before + (1 - a) * static, changed)
-        if auc is None:
-            return 0.0
-        if auc > best_auc + 1e-9:
-            best, best_auc = a, auc
+    if auroc(static, changed) is None:
+        return learners[0], 0.0
+    best, best_auc = (learners[0], 0.0), auroc(static, changed)
+    for name in learners:
+        before = rank01(LEARNERS[name](base, labels, trusted))[held]
+        for a in HEDGE_BLENDS[1:]:
+            auc = auroc(a * before + (1 - a) * static, changed)
+            if auc > best_auc + 1e-9:
+                best, best_auc = (name, a), auc
     return best
+
+
+def hedge_weight(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray, learner: str = LEARNER,
+                 window: int = HEDGE_WINDOW) -> float:
+    """``hedge_choice`` for one learner: the share of its order to trust."""
+    return hedge_choice(base, reviewed, true_labels, (learner,), window)[1]
 
 
 def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.ndarray,
@@ -420,18 +429,26 @@ def learned_suspicion(base: RerankBase, reviewed: np.ndarray, true_labels: np.nd
     queue starts as the run's. With ``hedge`` the learned suspicion is blended (by rank) with
     the static one as far as the latest decisions say it ranks better (``hedge_weight``), so a
     learner that does not help on a data set leaves the static order nearly as it was.
+    ``learner`` may name several learners joined by "+" (hedged only): the hedge then picks the
+    one whose blend ranked the latest decisions best (``hedge_choice``).
     """
     reviewed = np.asarray(reviewed, dtype=np.int64)
-    if learner not in LEARNERS:
-        raise InputError(f"learner {learner!r} is not one of {', '.join(LEARNERS)}")
+    names = learner.split("+")
+    for name in names:
+        if name not in LEARNERS:
+            raise InputError(f"learner {name!r} is not one of {', '.join(LEARNERS)}")
+    if len(names) > 1 and not hedge:
+        raise InputError(f"learner {learner!r}: several learners need the hedge to choose between them")
     if len(reviewed) < WARMUP:
         return base.static.copy()
     labels, trusted = corrected_labels(base, reviewed, true_labels)
-    score = LEARNERS[learner](base, labels, trusted)
-    if hedge:
-        a = hedge_weight(base, reviewed, true_labels, learner)
-        # the blend is of ranks in (0, 1): a suspicion's scale says nothing across learners
-        score = a * rank01(score) + (1 - a) * rank01(base.static)
+    if not hedge:
+        return np.where(trusted, base.static, LEARNERS[learner](base, labels, trusted))
+    name, a = hedge_choice(base, reviewed, true_labels, names)
+    if a == 0.0:
+        return np.where(trusted, base.static, base.static)
+    # the blend is of ranks in (0, 1): a suspicion's scale says nothing across learners
+    score = a * rank01(LEARNERS[name](base, labels, trusted)) + (1 - a) * rank01(base.static)
     return np.where(trusted, base.static, score)
 
 
@@ -496,6 +513,7 @@ __all__ = [
     "base_from_run",
     "corrected_labels",
     "errors_left",
+    "hedge_choice",
     "hedge_weight",
     "hit_rate",
     "learned_order",
