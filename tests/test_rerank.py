@@ -136,7 +136,7 @@ def test_a_confused_pair_revealed_by_decisions_moves_up(learner):
     base, truth, given = _confused_pair_world()
     order = rerank.static_order(base.static)
     seen = order[:rerank.WARMUP + 50]
-    lo = rerank.learned_order(base, seen, truth[seen], learner=learner)
+    lo = rerank.learned_order(base, seen, truth[seen], learner=learner, hedge=False)   # the learner itself
     wrong = truth != given
     static_rest = order[len(seen):]
     # the static order is random, so its head holds the pair's errors at their base rate
@@ -233,7 +233,7 @@ def test_the_hedge_trusts_a_learner_that_ranks_the_latest_decisions_better():
     order = rerank.static_order(base.static)
     seen = order[:300]
     assert rerank.hedge_weight(base, seen[:2 * rerank.HEDGE_MIN - 2], truth[seen[:2 * rerank.HEDGE_MIN - 2]]) == 0.0
-    assert rerank.hedge_weight(base, seen, truth[seen]) >= 0.75
+    assert rerank.hedge_weight(base, seen, truth[seen], learner="rebuild") >= 0.5
     s = rerank.learned_suspicion(base, seen, truth[seen], hedge=True)
     rest = np.setdiff1d(np.arange(len(truth)), seen)
     wrong = (truth != given)[rest]
@@ -270,7 +270,7 @@ def test_the_hedge_chooses_among_several_learners_only_when_hedged(monkeypatch):
     with pytest.raises(InputError, match="need the hedge"):
         rerank.learned_suspicion(base, seen, truth[seen], learner="noise+rebuild", hedge=False)
     name, share = rerank.hedge_choice(base, seen, truth[seen], ("noise", "rebuild"))
-    assert name == "rebuild" and share >= 0.75   # the learner that ranks the pair, not the noise
+    assert name == "rebuild" and share >= 0.5   # the learner that ranks the pair, not the noise
     s = rerank.learned_suspicion(base, seen, truth[seen], learner="noise+rebuild", hedge=True)
     rest = np.setdiff1d(np.arange(len(truth)), seen)
     assert rerank.auroc(s[rest], (truth != given)[rest]) > rerank.auroc(base.static[rest], (truth != given)[rest]) + 0.1
