@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import sys
 import time
@@ -69,10 +70,14 @@ def disjoint_manifest(folder: Path, exclude: set[str], name: str = "protocol.csv
                     continue
                 rows.append([r["path"], r["label"], split, r.get("clean_label") or r["label"]])
     out = folder / name
-    with open(out, "w", newline="") as f:
+    # through a temp file and a rename: a second bench process rewrites the same manifest (same
+    # rows) while the first one's run may be reading it
+    tmp = folder / f".{name}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "label", "split", "clean_label"])
         w.writerows(rows)
+    os.replace(tmp, out)
     return out, dropped
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -47,8 +49,16 @@ def materialise(work: Path, labels: str, n_train: int, n_test: int, data_seed: i
     tail = f"-s{data_seed}" if data_seed else ""
     out = work / f"cifar10n-{labels}-{n_train}{tail}"
     if not (out / "train.csv").exists():
-        subprocess.run([sys.executable, str(SHARED), str(out), "--labels", labels, "--n-train", str(n_train),
+        # write beside it and rename, so a second bench process started meanwhile never reads a
+        # half-written folder (it sees either nothing, and writes its own, or the finished one)
+        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([sys.executable, str(SHARED), str(tmp), "--labels", labels, "--n-train", str(n_train),
                         "--n-test", str(n_test), "--seed", str(data_seed)], check=True)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process renamed its copy first: the same images, keep that one
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
