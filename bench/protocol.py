@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/protocol.py --stage train --plan report --threads 1 [--reverse]
     .venv/bin/python bench/protocol.py --stage dev                        # choose here
     .venv/bin/python bench/protocol.py --stage report [--default RULE]    # then report
+    .venv/bin/python bench/protocol.py --stage first-queue                # suspects while it trains
 
 (``--work`` defaults to /tmp/turn-protocol; two ``--plan report`` processes, one with
 ``--reverse``, share the runs.) Sizes: 1,000 train / 250 test images per set at 32 px, so the 28
@@ -235,6 +236,51 @@ def choose(res: dict) -> list[str]:
     return lines
 
 
+def _pm(values, digits: int) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.{digits}f}" if len(v) < 2 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def first_queue(work: Path, plan: list[tuple[str, int, int]]) -> list[str]:
+    """Per setting, over the plan's finished runs: the first reviewable queue's share of the run's
+    wall time (the phases up to and including "provisional", from metrics.json's timings), its
+    detection (the provisional event's, the run's default rule on the pretrained view alone)
+    beside the final table's (metrics.json) and the peers' (the cache ``evaluate`` wrote)."""
+    by: dict[str, list[dict]] = {}
+    for setting, d, t in plan:
+        out = run_dir(work, setting, d, t)
+        peers_cache = out.with_name(out.name + ".peers.json")
+        if not (out / "metrics.json").exists() or not peers_cache.exists():
+            continue
+        metrics = json.loads((out / "metrics.json").read_text())
+        first = None
+        with open(out / "events.jsonl") as f:
+            for line in f:
+                ev = json.loads(line)
+                if ev.get("phase") == "provisional" and ev.get("kind") == "info" and "detection" in ev:
+                    first = ev["detection"]
+        if first is None:  # a run written before the provisional table
+            continue
+        times = list(metrics["timings"].items())
+        upto = [name for name, _ in times].index("provisional") + 1
+        peers = json.loads(peers_cache.read_text())
+        by.setdefault(setting, []).append({
+            "share": sum(s for _, s in times[:upto]) / sum(s for _, s in times),
+            "wall": sum(s for _, s in times), "first": first, "final": metrics["detection"],
+            "peer_f1": max(v["f1"] for v in peers.values()), "peer_auroc": max(v["auroc"] for v in peers.values())})
+    lines = ["| setting | runs | first queue, share of wall | full run wall (s) | first queue F1 | AUROC "
+             "| final F1 | AUROC | best peer F1 | AUROC | first queue beats peers (F1, AUROC) |", "|---" * 11 + "|"]
+    for setting, rs in by.items():
+        f1 = [r["first"]["f1"] for r in rs]
+        au = [r["first"]["auroc"] for r in rs]
+        pf, pa = [r["peer_f1"] for r in rs], [r["peer_auroc"] for r in rs]
+        beats = "yes" if np.mean(f1) > np.mean(pf) and np.mean(au) > np.mean(pa) else "no"
+        lines.append(f"| {setting} | {len(rs)} | {_pm([100 * r['share'] for r in rs], 1)} % | {_pm([r['wall'] for r in rs], 0)} "
+                     f"| {ms(f1)} | {ms(au)} | {ms([r['final']['f1'] for r in rs])} | {ms([r['final']['auroc'] for r in rs])} "
+                     f"| {ms(pf)} | {ms(pa)} | {beats} ({np.mean(f1) - np.mean(pf):+.3f}, {np.mean(au) - np.mean(pa):+.3f}) |")
+    return lines
+
+
 def plan_of(stage: str) -> list[tuple[str, int, int]]:
     dev = [(s, d, t) for s in SETTINGS for d in DEV_DATA_SEEDS for t in DEV_TRAIN_SEEDS]
     # training seed outermost: a budget cut short still covers both report image sets
@@ -245,7 +291,9 @@ def plan_of(stage: str) -> list[tuple[str, int, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
-    ap.add_argument("--stage", default="train", choices=["train", "dev", "report"])
+    ap.add_argument("--stage", default="train", choices=["train", "dev", "report", "first-queue"],
+                    help="first-queue: the report runs' first reviewable queue (time share, detection) "
+                         "beside the final table and the peers; run after --stage report, which caches the peers")
     ap.add_argument("--plan", default="all", choices=["dev", "report", "all"], help="which runs --stage train trains")
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--n-test", type=int, default=250)
@@ -264,6 +312,9 @@ def main() -> None:
         i, n = (int(x) for x in args.shard.split("/"))
         plan = plan_of(args.plan)[i::n]
         train_all(args.work, args, plan[::-1] if args.reverse else plan)
+        return
+    if args.stage == "first-queue":
+        print("\n".join(first_queue(args.work, plan_of("report"))))
         return
     res = evaluate_plan(args.work, plan_of(args.stage))
     for setting, runs in res.items():
