@@ -268,8 +268,9 @@ def first_queue(work: Path, plan: list[tuple[str, int, int]]) -> list[str]:
             "share": sum(s for _, s in times[:upto]) / sum(s for _, s in times),
             "wall": sum(s for _, s in times), "first": first, "final": metrics["detection"],
             "peer_f1": max(v["f1"] for v in peers.values()), "peer_auroc": max(v["auroc"] for v in peers.values())})
-    lines = ["| setting | runs | first queue, share of wall | full run wall (s) | first queue F1 | AUROC "
-             "| final F1 | AUROC | best peer F1 | AUROC | first queue beats peers (F1, AUROC) |", "|---" * 11 + "|"]
+    head = ("| setting | runs | first queue, share of wall | full run wall (s) | first queue F1 | AUROC "
+            "| final F1 | AUROC | best peer F1 | AUROC | first queue beats peers (F1, AUROC) |")
+    lines = [head, "|---" * 11 + "|"]
     for setting, rs in by.items():
         f1 = [r["first"]["f1"] for r in rs]
         au = [r["first"]["auroc"] for r in rs]
