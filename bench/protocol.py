@@ -169,10 +169,10 @@ def evaluate_plan(work: Path, plan: list[tuple[str, int, int]]) -> dict:
     return res
 
 
-def ms(values) -> str:
+def ms(values, digits: int = 3) -> str:
     """'mean ± sd' (sd over runs, ddof 1; just the mean for one run)."""
     v = np.asarray([x for x in values if x is not None], dtype=float)
-    return f"{v.mean():.3f}" if len(v) < 2 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+    return f"{v.mean():.{digits}f}" if len(v) < 2 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
 def table(setting: str, runs: list[dict]) -> list[str]:
@@ -236,11 +236,6 @@ def choose(res: dict) -> list[str]:
     return lines
 
 
-def _pm(values, digits: int) -> str:
-    v = np.asarray(values, dtype=float)
-    return f"{v.mean():.{digits}f}" if len(v) < 2 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
-
 def first_queue(work: Path, plan: list[tuple[str, int, int]]) -> list[str]:
     """Per setting, over the plan's finished runs: the first reviewable queue's share of the run's
     wall time (the phases up to and including "provisional", from metrics.json's timings), its
@@ -276,7 +271,7 @@ def first_queue(work: Path, plan: list[tuple[str, int, int]]) -> list[str]:
         au = [r["first"]["auroc"] for r in rs]
         pf, pa = [r["peer_f1"] for r in rs], [r["peer_auroc"] for r in rs]
         beats = "yes" if np.mean(f1) > np.mean(pf) and np.mean(au) > np.mean(pa) else "no"
-        lines.append(f"| {setting} | {len(rs)} | {_pm([100 * r['share'] for r in rs], 1)} % | {_pm([r['wall'] for r in rs], 0)} "
+        lines.append(f"| {setting} | {len(rs)} | {ms([100 * r['share'] for r in rs], 1)} % | {ms([r['wall'] for r in rs], 0)} "
                      f"| {ms(f1)} | {ms(au)} | {ms([r['final']['f1'] for r in rs])} | {ms([r['final']['auroc'] for r in rs])} "
                      f"| {ms(pf)} | {ms(pa)} | {beats} ({np.mean(f1) - np.mean(pf):+.3f}, {np.mean(au) - np.mean(pa):+.3f}) |")
     return lines
