@@ -55,6 +55,8 @@ def materialise(work: Path, labels: str, n_train: int, n_test: int, data_seed: i
         shutil.rmtree(tmp, ignore_errors=True)
         subprocess.run([sys.executable, str(SHARED), str(tmp), "--labels", labels, "--n-train", str(n_train),
                         "--n-test", str(n_test), "--seed", str(data_seed)], check=True)
+        if out.exists() and not (out / "train.csv").exists():
+            shutil.rmtree(out)  # a half-written folder left by a bench from before the rename
         try:
             tmp.rename(out)
         except OSError:  # another process renamed its copy first: the same images, keep that one
