@@ -37,5 +37,4 @@ def event_tail(run_dir: str) -> str:
 
 REVIEW_TOAST = "_rv_toast"       # message shown once after a review callback
 REVIEW_ERROR = "_rv_error"       # error shown once after a review callback
-EXPORT_MESSAGE = "_ex_msg"       # message shown once after an export callback
 DELETE_PICK, DELETE_SURE = "delete_pick", "delete_sure"   # Overview: the run to delete, confirmed

@@ -7,7 +7,6 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _shared as sh
-from pages import _state as keys
 from turn_core import export as ex
 from turn_core import views
 from turn_core.errors import InputError
@@ -67,25 +66,20 @@ corrected = tables["corrected"]
 exports_dir = run.dir / "exports"
 
 
-def _file(name: str):
+def _file(name: str, copy_to: Path | None = None):
     """The download's bytes, made when the button is clicked (Streamlit calls this then, in
     another thread), from the file ``export.download_file`` keeps: written again only when the
-    decisions, the cut-off or the table changed since it was last written, never per rerun."""
+    decisions, the cut-off or the table changed since it was last written, never per rerun.
+    ``copy_to``: a copy also goes there, in the same call. Every download button ignores the
+    click for reruns (``on_click="ignore"``): a rerun started by the click re-registers the
+    button's deferred file, and the browser's request for the old one can then come too late,
+    so the download is silently lost (seen in the browser tests)."""
     def data() -> bytes:
         same = ex.download_key(run, rule) == key   # else the table shown is older than the file
-        return ex.download_file(table_run, name, rule, corrected=corrected if same else None).read_bytes()
+        return ex.download_file(table_run, name, rule, corrected=corrected if same else None,
+                                copy_to=copy_to).read_bytes()
     return data
 
-
-def _write_corrected() -> None:
-    try:
-        p = ex.write_corrected_csv(run.dir, exports_dir / "corrected_labels.csv", rule=rule, corrected=corrected)
-        st.session_state[keys.EXPORT_MESSAGE] = f"Also written to {p}"
-    except Exception as e:  # noqa: BLE001
-        st.session_state[keys.EXPORT_MESSAGE] = f"Could not write to disk: {e}"
-
-
-sh.flash(keys.EXPORT_MESSAGE, st.toast)
 
 # ------------------------------------------------------------------ corrected labels
 st.subheader("Corrected labels")
@@ -94,9 +88,9 @@ st.caption("Columns: `path, given_label, suggested_label, final_label, decision,
            "excluded images. `is_label_issue` is 1 when the label is wrong: 1 for a suspect (suspicion ≥ the "
            "cut-off above) until someone reviewed the image, then the reviewer's answer.")
 c1, c2 = st.columns([2, 3])
-c1.download_button("Download corrected_labels.csv", _file("corrected"),
+c1.download_button("Download corrected_labels.csv", _file("corrected", exports_dir / "corrected_labels.csv"),
                    file_name=f"corrected_labels-{run.dir.name}.csv",
-                   mime="text/csv", type="primary", key="dl_corrected", on_click=_write_corrected)
+                   mime="text/csv", type="primary", key="dl_corrected", on_click="ignore")
 c2.caption(f"Also written to `{exports_dir / 'corrected_labels.csv'}` when you download, or with "
            "**Write every export to disk** below.")
 show_changed = st.toggle("Show only changed rows and suspects", value=True, key="ex_changed")

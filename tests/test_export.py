@@ -536,3 +536,18 @@ def test_download_file_writes_one_file_per_key(run, monkeypatch):
     assert export.download_file(run, "label_studio").stat().st_mtime_ns == stamp
     with pytest.raises(InputError, match="not one of"):
         export.download_file(run, "everything")
+
+
+def test_download_file_copies_to_the_exports_folder_without_failing_the_download(run, tmp_path, caplog):
+    dest = tmp_path / "exports" / "corrected_labels.csv"
+    path = export.download_file(run, "corrected", copy_to=dest)
+    assert dest.read_bytes() == path.read_bytes()
+    ReviewStore(run).record(0, "exclude", None, "ann")    # a new decision: a new file, a new copy
+    path = export.download_file(run, "corrected", copy_to=dest)
+    assert dest.read_bytes() == path.read_bytes()
+    assert next(csv.DictReader(io.StringIO(dest.read_text(encoding="utf-8"))))["decision"] == "exclude"
+    blocked = tmp_path / "a-folder"
+    blocked.mkdir()
+    with caplog.at_level("WARNING", logger="turn_core"):
+        assert export.download_file(run, "corrected", copy_to=blocked).read_bytes() == path.read_bytes()
+    assert "could not write a copy" in caplog.text and blocked.is_dir()

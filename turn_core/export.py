@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +47,8 @@ from .errors import InputError
 from .review import ReviewStore, SuspectRule, suspect_rule
 from .rundir import Run, atomic_write_text
 from .safety import spreadsheet_safe as _spreadsheet_safe
+
+log = logging.getLogger("turn_core")
 
 CORRECTED_COLUMNS = ["path", "given_label", "suggested_label", "final_label", "decision",
                      "suspicion", "is_label_issue"]
@@ -364,7 +368,7 @@ def _key_path(path: Path) -> Path:
 
 def download_file(run_dir: str | Path | Run, name: str, rule: SuspectRule | None = None, *,
                   folder: str | Path | None = None, corrected: pd.DataFrame | None = None,
-                  chunk_rows: int = CHUNK_ROWS) -> Path:
+                  copy_to: str | Path | None = None, chunk_rows: int = CHUNK_ROWS) -> Path:
     """One of the Export page's downloads as a file, written only when what it is made of changed.
 
     ``name``: a ``DOWNLOAD_FILES`` key — ``corrected`` (corrected_labels.csv, spreadsheet-safe),
@@ -373,8 +377,11 @@ def download_file(run_dir: str | Path | Run, name: str, rule: SuspectRule | None
     ``RUN_DIR/exports/.downloads``) with its ``download_key`` (last decision id, suspect rule,
     table file) beside it; while the key is unchanged and the file is there, nothing is read or
     written, so a page may call this on every click. ``corrected``: ``corrected_labels(run,
-    rule)`` when already at hand. Raises ``InputError`` for an unknown ``name``, a run without
-    a samples table or a folder that is not writable.
+    rule)`` when already at hand. ``copy_to``: also put a copy of the file there (through a
+    temp file and a rename), for the Export page's "also written to exports/" promise; a copy
+    that cannot be written is logged and never fails the download itself. Raises
+    ``InputError`` for an unknown ``name``, a run without a samples table or a folder that is
+    not writable.
     """
     if name not in DOWNLOAD_FILES:
         raise InputError(f"download {name!r} is not one of {', '.join(DOWNLOAD_FILES)}")
@@ -382,8 +389,23 @@ def download_file(run_dir: str | Path | Run, name: str, rule: SuspectRule | None
     rule = rule or suspect_rule(run)
     path = (Path(folder) if folder is not None else run.dir / DOWNLOADS) / DOWNLOAD_FILES[name]
     key = download_key(run, rule)
-    if _fresh(path, key):
-        return path
+    if not _fresh(path, key):
+        _write_download(run, name, rule, path, key, corrected, chunk_rows)
+    if copy_to is not None:
+        _copy_atomically(path, Path(copy_to))
+    return path
+
+
+def _copy_atomically(src: Path, dest: Path) -> None:
+    try:
+        with _atomic_file(dest, f"copy of {src.name}") as out, open(src, encoding="utf-8", newline="") as f:
+            shutil.copyfileobj(f, out)
+    except (InputError, OSError) as e:  # the download still works; only the disk copy is missing
+        log.warning("could not write a copy of %s to %s: %s", src.name, dest, e)
+
+
+def _write_download(run: Run, name: str, rule: SuspectRule, path: Path, key: dict,
+                    corrected: pd.DataFrame | None, chunk_rows: int) -> None:
     if name == "label_studio":
         write_label_studio_json(run, path, rule=rule)
     else:
@@ -394,7 +416,6 @@ def download_file(run_dir: str | Path | Run, name: str, rule: SuspectRule | None
             _stream_table(clean_manifest(run, corrected), path, spreadsheet_safe=False,
                           what="cleaned manifest", chunk_rows=chunk_rows)
     _atomic_text(_key_path(path), json.dumps(key) + "\n", "download key")
-    return path
 
 
 def download_key(run_dir: str | Path | Run, rule: SuspectRule) -> dict:
