@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/protocol.py --stage train --plan report --threads 1 [--reverse]
     .venv/bin/python bench/protocol.py --stage dev                        # choose here
     .venv/bin/python bench/protocol.py --stage report [--default RULE]    # then report
+    .venv/bin/python bench/protocol.py --stage fresh [--default RULE]     # and on untouched images
     .venv/bin/python bench/protocol.py --stage first-queue                # suspects while it trains
 
 (``--work`` defaults to /tmp/turn-protocol; two ``--plan report`` processes, one with
@@ -12,13 +13,17 @@ runs fit the shared CPUs (a run takes 1.5-4 min on 1 busy core).
 
 Rules and settings are chosen on development images and reported on images that chose nothing:
 
-* development: ``cifar10n.py --seed 0`` (data seed 0), training seed 0;
+* development: ``cifar10n.py --seed 0`` and ``--seed 3`` (data seeds), training seeds 0, 1 and 2
+  (until session 8: data seed 0, training seed 0 only);
 * report: ``cifar10n.py --seed 1`` and ``--seed 2``, each with training seeds 0, 1 and 2, as
-  mean ± sd over the six runs of a setting.
+  mean ± sd over the six runs of a setting;
+* fresh: ``cifar10n.py --seed 4``, training seeds 0, 1 and 2. Session 8 re-chose the flag rule
+  on the dev runs after the 4,000-image report had shown the old one failing there, so the
+  report images had been looked at once; these images had not.
 
 ``cifar10n.py --seed S`` draws a random subset, so two seeds' subsets share images (2,000 of
 50,000 each: about 80 in common). The report manifests therefore drop every image an earlier
-data seed already drew (``disjoint_manifest``), so the three image sets are disjoint.
+data seed already drew (``disjoint_manifest``), so the four image sets are disjoint.
 The four settings are those of ``bench/run_bench.py``. TURN is trained once per (setting,
 image set, training seed); every flag rule and both peers are scored from that run's saved
 arrays (``scores.signals_from_run``), so adding a rule never retrains.
@@ -46,10 +51,11 @@ from turn_core.config import RunConfig
 from turn_core.metrics import detection_metrics
 from turn_core.rundir import Run
 
-DEV_DATA_SEEDS = (0,)
-DEV_TRAIN_SEEDS = (0,)
+DEV_DATA_SEEDS = (0, 3)    # seed 3 added in session 8, after the 4,000-image report (BENCHMARKS §1)
+DEV_TRAIN_SEEDS = (0, 1, 2)
 REPORT_DATA_SEEDS = (1, 2)
 REPORT_TRAIN_SEEDS = (0, 1, 2)
+FRESH_DATA_SEEDS = (4,)    # images no choice and no earlier report saw (session 8); report training seeds
 
 
 def image_ids(folder: Path, split: str) -> set[str]:
@@ -85,7 +91,9 @@ def disjoint_manifest(folder: Path, exclude: set[str], name: str = "protocol.csv
 def manifests(work: Path, args) -> dict[tuple[str, int], Path]:
     """(label set, data seed) -> a manifest disjoint from every lower data seed's images."""
     out, seen, log = {}, {}, {}
-    for data_seed in (*DEV_DATA_SEEDS, *REPORT_DATA_SEEDS):
+    # ascending: a later dev seed (3) drops the report images too, and adding it leaves the
+    # report manifests as they were
+    for data_seed in sorted({*DEV_DATA_SEEDS, *REPORT_DATA_SEEDS, *FRESH_DATA_SEEDS}):
         for label_set in sorted({v[0] for v in SETTINGS.values()}):
             folder = materialise(work, label_set, args.n_train, args.n_test, data_seed)
             ids = image_ids(folder, "train") | image_ids(folder, "test")
@@ -236,11 +244,34 @@ def choose(res: dict) -> list[str]:
     return lines
 
 
-def first_queue(work: Path, plan: list[tuple[str, int, int]]) -> list[str]:
+def provisional_signals(r: Run):
+    """A finished run's provisional Signals, rebuilt from its directory as the pipeline's
+    provisional phase built them: the GMM on Phase I's losses, the pretrained view's saved
+    out-of-fold probe and neighbours (Phase I's head probabilities are not saved; no flag rule
+    or score reads them on a single view). On the 4,000-image runs the rebuilt F1 and AUROC
+    equal those the run's provisional event recorded (session 8)."""
+    from turn_core.scores import build_signals
+    from turn_core.selection import clean_posterior
+
+    s = r.samples()
+    labels = s["given_label"].map({c: i for i, c in enumerate(r.classes)}).to_numpy()
+    lp = s["loss_lp"].to_numpy()
+    clean_prob, _ = clean_posterior(lp, labels, len(r.classes), per_class=r.settings.get("gmm_per_class", False),
+                                    seed=r.settings.get("seed", 0))
+    cv = [np.load(r.dir / "cv_probs.npy")[0]]
+    return build_signals(labels, cv[0], clean_prob, lp[None], [np.asarray(r.features("pre"), dtype=np.float32)], cv,
+                         knn_k=r.settings.get("knn_k", 10), tau=r.settings.get("tau", 0.5),
+                         neighbours=[r.neighbours("pre")])
+
+
+def first_queue(work: Path, plan: list[tuple[str, int, int]], rule: str) -> list[str]:
     """Per setting, over the plan's finished runs: the first reviewable queue's share of the run's
     wall time (the phases up to and including "provisional", from metrics.json's timings), its
-    detection (the provisional event's, the run's default rule on the pretrained view alone)
-    beside the final table's (metrics.json) and the peers' (the cache ``evaluate`` wrote)."""
+    detection (the provisional table re-scored with flag rule ``rule``, so runs trained under an
+    older default count the same) beside the final table's under ``rule`` and the peers' (the
+    cache ``evaluate`` wrote)."""
+    from turn_core.scores import score_and_flag, signals_from_run
+
     by: dict[str, list[dict]] = {}
     for setting, d, t in plan:
         out = run_dir(work, setting, d, t)
@@ -248,24 +279,26 @@ def first_queue(work: Path, plan: list[tuple[str, int, int]]) -> list[str]:
         if not (out / "metrics.json").exists() or not peers_cache.exists():
             continue
         metrics = json.loads((out / "metrics.json").read_text())
-        first = None
-        with open(out / "events.jsonl") as f:
-            for line in f:
-                ev = json.loads(line)
-                if ev.get("phase") == "provisional" and ev.get("kind") == "info" and "detection" in ev:
-                    first = ev["detection"]
-        if first is None:  # a run written before the provisional table
-            continue
         times = list(metrics["timings"].items())
+        if "provisional" not in dict(times):  # a run written before the provisional table
+            continue
+        r = Run(out)
+        tab = r.samples()
+        idx = {c: i for i, c in enumerate(r.classes)}
+        noisy = tab["given_label"].map(idx).to_numpy() != tab["true_label"].map(idx).to_numpy()
+        score = r.settings.get("score")
+        first, final = (score_and_flag(sig, score, rule) for sig in (provisional_signals(r), signals_from_run(r)))
         upto = [name for name, _ in times].index("provisional") + 1
         peers = json.loads(peers_cache.read_text())
         by.setdefault(setting, []).append({
             "share": sum(s for _, s in times[:upto]) / sum(s for _, s in times),
-            "wall": sum(s for _, s in times), "first": first, "final": metrics["detection"],
+            "wall": sum(s for _, s in times),
+            "first": detection_metrics(noisy, first["flagged"], first["suspicion"]),
+            "final": detection_metrics(noisy, final["flagged"], final["suspicion"]),
             "peer_f1": max(v["f1"] for v in peers.values()), "peer_auroc": max(v["auroc"] for v in peers.values())})
     head = ("| setting | runs | first queue, share of wall | full run wall (s) | first queue F1 | AUROC "
             "| final F1 | AUROC | best peer F1 | AUROC | first queue beats peers (F1, AUROC) |")
-    lines = [head, "|---" * 11 + "|"]
+    lines = [f"flag rule `{rule}`", "", head, "|---" * 11 + "|"]
     for setting, rs in by.items():
         f1 = [r["first"]["f1"] for r in rs]
         au = [r["first"]["auroc"] for r in rs]
@@ -278,19 +311,21 @@ def first_queue(work: Path, plan: list[tuple[str, int, int]]) -> list[str]:
 
 
 def plan_of(stage: str) -> list[tuple[str, int, int]]:
-    dev = [(s, d, t) for s in SETTINGS for d in DEV_DATA_SEEDS for t in DEV_TRAIN_SEEDS]
+    dev = [(s, d, t) for t in DEV_TRAIN_SEEDS for d in DEV_DATA_SEEDS for s in SETTINGS]
     # training seed outermost: a budget cut short still covers both report image sets
     rep = [(s, d, t) for t in REPORT_TRAIN_SEEDS for d in REPORT_DATA_SEEDS for s in SETTINGS]
-    return {"dev": dev, "report": rep, "all": dev + rep}[stage]
+    fresh = [(s, d, t) for t in REPORT_TRAIN_SEEDS for d in FRESH_DATA_SEEDS for s in SETTINGS]
+    return {"dev": dev, "report": rep, "fresh": fresh, "all": dev + rep + fresh}[stage]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
-    ap.add_argument("--stage", default="train", choices=["train", "dev", "report", "first-queue"],
+    ap.add_argument("--stage", default="train", choices=["train", "dev", "report", "fresh", "first-queue"],
                     help="first-queue: the report runs' first reviewable queue (time share, detection) "
                          "beside the final table and the peers; run after --stage report, which caches the peers")
-    ap.add_argument("--plan", default="all", choices=["dev", "report", "all"], help="which runs --stage train trains")
+    ap.add_argument("--plan", default="all", choices=["dev", "report", "fresh", "all"],
+                    help="which runs --stage train trains")
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--n-test", type=int, default=250)
     ap.add_argument("--image-size", type=int, default=32)
@@ -310,14 +345,15 @@ def main() -> None:
         train_all(args.work, args, plan[::-1] if args.reverse else plan)
         return
     if args.stage == "first-queue":
-        print("\n".join(first_queue(args.work, plan_of("report"))))
+        for plan in ("report", "fresh"):
+            print(f"\n{plan} runs:", *first_queue(args.work, plan_of(plan), args.default), sep="\n")
         return
     res = evaluate_plan(args.work, plan_of(args.stage))
     for setting, runs in res.items():
         print("\n".join(table(setting, runs)))
     if res:
         lines = choose(res)
-        if args.stage == "report":  # report images choose nothing
+        if args.stage in ("report", "fresh"):  # report images choose nothing
             lines = lines[:-1]
         print("\n".join(["", "F1 minus the best rule's, per setting (mean over runs):", *lines, "",
                           f"Default `{args.default}`:", *verdict(res, args.default)]))

@@ -318,6 +318,35 @@ def test_cl_structured_takes_the_expected_count_only_when_the_gmm_sees_far_fewer
     assert FLAG_RULES["top-k-cl-structured"](s, np.arange(60.0)).sum() == round(expected)
 
 
+def test_cl_learned_takes_the_expected_count_only_when_both_tests_say_the_model_learned_them():
+    from turn_core.scores import LEARNED_RATIO, UNSEEN_SHARE, unseen_share
+
+    # 3 classes × 20; CL flags the 6 planted errors; the ensemble expects 54 × 0.1 + 6 × 0.95
+    s, wrong = _planted()
+    cl, expected = 6, 54 * 0.1 + 6 * 0.95
+    s.losses = np.zeros((2, 60))          # a final table: Phase I's losses and one FFT epoch's
+    s.clean_prob = np.ones(60)
+    s.clean_prob[wrong] = 0.0             # the GMM sees the same 6: the CL count stands
+    assert unseen_share(s, np.zeros(60)) == 0.0
+    assert ERROR_COUNTS["cl-learned"](s, np.zeros(60)) == cl
+    m = int(np.floor(UNSEEN_SHARE * cl)) + 1   # the fewest of the 6 the GMM must call clean
+    assert cl - m < LEARNED_RATIO * cl         # ... which also makes its count small enough
+    s.clean_prob[wrong[:m - 1]] = 1.0     # one short of the share: the CL count stands
+    assert unseen_share(s, np.zeros(60)) == pytest.approx((m - 1) / cl)
+    assert ERROR_COUNTS["cl-learned"](s, np.zeros(60)) == cl
+    s.clean_prob[wrong[:m]] = 1.0         # both tests pass: consistent flips, the count grows
+    assert ERROR_COUNTS["cl-learned"](s, np.zeros(60)) == pytest.approx(expected)
+    assert FLAG_RULES["top-k-cl-learned"](s, np.arange(60.0)).sum() == round(expected)
+    s.clean_prob[:] = 0.4                 # the same share unseen, but the GMM counts 34 wrong
+    s.clean_prob[wrong[:m]] = 1.0         # labels: its count is not small, so CL's stands
+    assert unseen_share(s, np.zeros(60)) == pytest.approx(m / cl)
+    assert ERROR_COUNTS["cl-learned"](s, np.zeros(60)) == cl
+    s.clean_prob[:] = 1.0
+    s.clean_prob[wrong[m:]] = 0.0
+    s.losses = np.zeros((1, 60))          # Phase I's losses only (provisional table): never switches
+    assert ERROR_COUNTS["cl-learned"](s, np.zeros(60)) == cl
+
+
 def test_gmm_on_suspicion_counts_the_high_mode():
     rng = np.random.default_rng(3)
     sus = np.concatenate([rng.uniform(0.0, 0.1, 80), rng.uniform(0.85, 0.95, 20)])
