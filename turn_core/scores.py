@@ -274,8 +274,9 @@ def flag_confident_learning(s: Signals, suspicion: np.ndarray) -> np.ndarray:
 # Chosen on development images only (bench/protocol.py, cifar10n.py --seed 0): "top-k-cl" first
 # (GMM-based rules lost 0.16 on asym40), then "top-k-cl-structured", which takes the expected
 # count when the GMM's collapses (consistent flips): on held-out images it is within 0.014 F1 of
-# the best rule in all four settings, where "top-k-cl" was 0.05 short on asymmetric 0.4
-# (BENCHMARKS.md §1).
+# the best rule in all four settings at 1,000 images, where "top-k-cl" was 0.05 short on
+# asymmetric 0.4; then "top-k-cl-learned" (session 8), after "cl-structured"'s switch misfired on
+# held-out 4,000-image asymmetric noise (BENCHMARKS.md §1).
 ERROR_COUNTS: dict[str, Callable[[Signals, np.ndarray], float]] = {}
 
 
