@@ -8,8 +8,9 @@
     .venv/bin/python bench/protocol.py --stage first-queue                # suspects while it trains
 
 (``--work`` defaults to /tmp/turn-protocol; two ``--plan report`` processes, one with
-``--reverse``, share the runs.) Sizes: 1,000 train / 250 test images per set at 32 px, so the 28
-runs fit the shared CPUs (a run takes 1.5-4 min on 1 busy core).
+``--reverse``, share the runs.) Default sizes: 1,000 train / 250 test images per set at 32 px
+(33-40 s a run on a free core); the issue's scale is ``--n-train 4000 --n-test 1000 --image-size
+64`` (78-129 s). Plans: 24 dev runs, 24 report, 12 fresh.
 
 Rules and settings are chosen on development images and reported on images that chose nothing:
 
