@@ -56,6 +56,7 @@ DEV_DATA_SEEDS = (0, 3)    # seed 3 added in session 8, after the 4,000-image re
 DEV_TRAIN_SEEDS = (0, 1, 2)
 REPORT_DATA_SEEDS = (1, 2)
 REPORT_TRAIN_SEEDS = (0, 1, 2)
+DEFAULT_SCORE = RunConfig().score  # every rule ranks by it (and top-k rules by "ensemble" as well)
 FRESH_DATA_SEEDS = (4,)    # images no choice and no earlier report saw (session 8); report training seeds
 
 
@@ -133,9 +134,11 @@ def train_all(work: Path, args, plan: list[tuple[str, int, int]]) -> None:
 
 
 def evaluate(r: Run, peers_cache: Path) -> dict:
-    """Every flag rule (ranked by the default "ensemble" score), both scores' AUROC, the peers,
-    and, as diagnostics, each truth-free error count and the F1 of flagging exactly the true
-    number of errors (what a perfect count would give)."""
+    """Every flag rule ranked by the default score (``RunConfig().score``), and, when that is
+    not "ensemble", every top-k rule ranked by "ensemble" too (as ``"<rule> @ensemble"``; both
+    are selectable); every score's AUROC, the peers, and, as diagnostics, each truth-free error
+    count and the F1 of flagging exactly the true number of errors (what a perfect count would
+    give), under the default score."""
     from run_bench import peers
 
     from turn_core.scores import ERROR_COUNTS, FLAG_RULES, SCORES, score_and_flag, signals_from_run, top_k
@@ -148,11 +151,14 @@ def evaluate(r: Run, peers_cache: Path) -> dict:
     out = {"rules": {}, "auroc": {}, "counts": {}, "n_noisy": int(noisy.sum()), "n": int(noisy.size),
            "test_accuracy": r.metrics.get("test_accuracy"), "test_accuracy_lp": r.metrics.get("test_accuracy_lp")}
     for rule in FLAG_RULES:
-        o = score_and_flag(sig, "ensemble", rule)
+        o = score_and_flag(sig, DEFAULT_SCORE, rule)
         out["rules"][rule] = detection_metrics(noisy, o["flagged"])
+    if DEFAULT_SCORE != "ensemble":
+        for rule in (r for r in FLAG_RULES if r.startswith("top-k-")):
+            out["rules"][f"{rule} @ensemble"] = detection_metrics(noisy, score_and_flag(sig, "ensemble", rule)["flagged"])
     for score in SCORES:
         out["auroc"][f"TURN {score} score"] = detection_metrics(noisy, noisy, score_and_flag(sig, score)["suspicion"])["auroc"]
-    sus = score_and_flag(sig, "ensemble")["suspicion"]
+    sus = score_and_flag(sig, DEFAULT_SCORE)["suspicion"]
     out["counts"] = {name: fn(sig, sus) for name, fn in ERROR_COUNTS.items()}
 
     out["top-k at the true count (oracle)"] = detection_metrics(noisy, top_k(sus, noisy.sum()))["f1"]
@@ -189,11 +195,12 @@ def table(setting: str, runs: list[dict]) -> list[str]:
     noise = np.mean([e["n_noisy"] / e["n"] for e in runs])
     lines = [f"#### {setting} (noise rate {noise:.3f}, {len(runs)} runs, {runs[0]['n']} images each)",
              "| rule or method | precision | recall | F1 | flagged / wrong | AUROC |", "|---|---|---|---|---|---|"]
-    auc_turn = ms(e["auroc"]["TURN ensemble score"] for e in runs)
+    auc_turn = ms(e["auroc"][f"TURN {DEFAULT_SCORE} score"] for e in runs)
     for rule in runs[0]["rules"]:
         col = [e["rules"][rule] for e in runs]
         ratio = ms(c["n_flagged"] / max(e["n_noisy"], 1) for c, e in zip(col, runs))
-        auc = ms(e["auroc"]["TURN paper score"] for e in runs) if rule == "paper" else auc_turn
+        auc = (ms(e["auroc"]["TURN paper score"] for e in runs) if rule == "paper" else
+               ms(e["auroc"]["TURN ensemble score"] for e in runs) if rule.endswith("@ensemble") else auc_turn)
         lines.append(f"| TURN `{rule}` | {ms(c['precision'] for c in col)} | {ms(c['recall'] for c in col)} "
                      f"| {ms(c['f1'] for c in col)} | {ratio} | {auc} |")
     for peer in runs[0]["peers"]:
@@ -226,7 +233,7 @@ def verdict(res: dict, default: str) -> list[str]:
     for st, runs in res.items():
         best = min(short, key=lambda r: short[r][st])
         f1 = np.mean([e["rules"][default]["f1"] for e in runs])
-        auc = np.mean([e["auroc"]["TURN ensemble score"] for e in runs])
+        auc = np.mean([e["auroc"][f"TURN {DEFAULT_SCORE} score"] for e in runs])
         peer_f1 = max(np.mean([e["peers"][p]["f1"] for e in runs]) for p in runs[0]["peers"])
         peer_auc = max(np.mean([e["peers"][p]["auroc"] for e in runs]) for p in runs[0]["peers"])
         ok = short[default][st] <= 0.02 and f1 > peer_f1 and auc > peer_auc
@@ -287,7 +294,7 @@ def first_queue(work: Path, plan: list[tuple[str, int, int]], rule: str) -> list
         tab = r.samples()
         idx = {c: i for i, c in enumerate(r.classes)}
         noisy = tab["given_label"].map(idx).to_numpy() != tab["true_label"].map(idx).to_numpy()
-        score = r.settings.get("score")
+        score = DEFAULT_SCORE  # as today's pipeline would score it, whatever the run was trained under
         first, final = (score_and_flag(sig, score, rule) for sig in (provisional_signals(r), signals_from_run(r)))
         upto = [name for name, _ in times].index("provisional") + 1
         peers = json.loads(peers_cache.read_text())

@@ -226,7 +226,8 @@ def test_select_views_keeps_pretrained_and_drops_a_damaged_fine_tuned_view():
     sig = build_signals(labels, pre, np.ones(400), np.zeros((2, 400)), feats, [pre, bad])
     assert sig.extra == {"views": [0], "final_model_in_ensemble": False}
     sig = build_signals(labels, pre, np.ones(400), np.zeros((2, 400)), feats, [pre, good])
-    assert sig.extra == {"views": [0, 1], "final_model_in_ensemble": True}
+    assert sig.extra["views"] == [0, 1] and sig.extra["final_model_in_ensemble"]
+    assert sig.extra["wide_probs"].shape == (400, 4)   # a final table with a fine-tuned view: the wide vote
 
 
 @pytest.mark.parametrize("kw", [{"score": "nope"}, {"flag_rule": "nope"}])
@@ -367,3 +368,79 @@ def test_score_and_flag_defaults_are_the_run_configs(monkeypatch):
     got, want = score_and_flag(s), score_and_flag(s, "paper", "paper")
     assert all(np.array_equal(got[k], want[k]) for k in want)
     assert not np.array_equal(got["flagged"], score_and_flag(s, "ensemble", "ensemble")["flagged"])
+
+
+# ------------------------------------------------------------------ consistent flips, wide vote
+def _flipped(n_per_class=200, k=4, rate=0.4, seed=5, spread=False):
+    """Features clustered by true class; ``rate`` of each class relabelled: to the next class
+    (consistent flips) or, with ``spread``, to any other class. The model's probabilities have
+    learned the given labels (what a probe does with consistent flips): they carry no signal."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(k), n_per_class)
+    centres = rng.normal(size=(k, 16)) * 4
+    feats = (centres[truth] + rng.normal(size=(len(truth), 16))).astype(np.float32)
+    wrong = rng.random(len(truth)) < rate
+    shift = rng.integers(1, k, len(truth)) if spread else np.ones(len(truth), int)
+    labels = np.where(wrong, (truth + shift) % k, truth)
+    probs = np.full((len(truth), k), 0.1 / (k - 1))
+    probs[np.arange(len(truth)), labels] = 0.9
+    return feats, labels, truth, probs
+
+
+def test_wide_k_is_a_quarter_of_a_class_within_bounds():
+    from turn_core.scores import WIDE_K_MAX, wide_k
+
+    assert wide_k(4000, 10) == 100
+    assert wide_k(1000, 10) == 25
+    assert wide_k(100, 10) == 10                  # at least 10 neighbours
+    assert wide_k(10**6, 10) == WIDE_K_MAX        # at most WIDE_K_MAX
+    assert wide_k(5, 2) == 4                      # never more than the other samples
+
+
+def test_flip_share_reads_the_flip_rate_of_consistent_flips_only():
+    from turn_core.scores import flip_share, wide_vote
+
+    feats, labels, truth, _ = _flipped(rate=0.3)
+    assert flip_share(labels, np.eye(4)[truth]) == pytest.approx(np.mean(labels != truth), abs=0.06)
+    votes = wide_vote(feats, labels, 4)
+    assert votes.shape == (800, 4) and np.allclose(votes.sum(axis=1), 1)
+    assert flip_share(labels, votes) > 0.2
+    feats, labels, truth, _ = _flipped(rate=0.3, spread=True)   # same rate, spread over 3 classes
+    assert flip_share(labels, wide_vote(feats, labels, 4)) < 0.2
+    assert flip_share(truth, np.eye(4)[truth]) == 0.0              # no wrong label at all
+
+
+def _flip_signals(spread=False, epochs=2):
+    feats, labels, truth, probs = _flipped(spread=spread)
+    views = [feats + 0.01, feats]                 # pretrained and fine-tuned, equally good
+    s = build_signals(labels, probs, np.ones(len(labels)), np.zeros((epochs, len(labels))), views,
+                      [probs, probs], knn_k=5)
+    return s, labels != truth
+
+
+def test_ensemble_flips_ranks_by_the_wide_vote_only_when_the_labels_look_flipped():
+    from sklearn.metrics import roc_auc_score
+
+    from turn_core.scores import learned_flips
+
+    s, noisy = _flip_signals()
+    assert "wide_probs" in s.extra and learned_flips(s)
+    flips, ens = SCORES["ensemble-flips"](s), SCORES["ensemble"](s)
+    assert roc_auc_score(noisy, flips) > 0.9 > roc_auc_score(noisy, ens) + 0.2
+    k = ERROR_COUNTS["cl-flips"](s, flips)
+    assert k == pytest.approx(ERROR_COUNTS["expected"](s, flips))
+    s, noisy = _flip_signals(spread=True)          # the same rate spread over classes: no switch
+    assert not learned_flips(s)
+    assert np.array_equal(SCORES["ensemble-flips"](s), SCORES["ensemble"](s))
+    assert ERROR_COUNTS["cl-flips"](s, flips) == ERROR_COUNTS["cl"](s, flips)
+
+
+def test_ensemble_flips_never_switches_on_phase_one_losses_or_without_a_fine_tuned_view():
+    from turn_core.scores import learned_flips
+
+    s, _ = _flip_signals(epochs=1)                 # the provisional table: Phase I's losses only
+    assert not learned_flips(s)
+    assert np.array_equal(SCORES["ensemble-flips"](s), SCORES["ensemble"](s))
+    feats, labels, _, probs = _flipped()
+    s = build_signals(labels, probs, np.ones(len(labels)), np.zeros((2, len(labels))), [feats], [probs])
+    assert "wide_probs" not in s.extra and not learned_flips(s)
