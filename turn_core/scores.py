@@ -329,7 +329,8 @@ def flag_confident_learning(s: Signals, suspicion: np.ndarray) -> np.ndarray:
 # count when the GMM's collapses (consistent flips): on held-out images it is within 0.014 F1 of
 # the best rule in all four settings at 1,000 images, where "top-k-cl" was 0.05 short on
 # asymmetric 0.4; then "top-k-cl-learned" (session 8), after "cl-structured"'s switch misfired on
-# held-out 4,000-image asymmetric noise (BENCHMARKS.md §1).
+# held-out 4,000-image asymmetric noise; then "top-k-cl-flips" with the "ensemble-flips" score
+# (session 10), whose flip test fires on every 4,000-image asym40 run (BENCHMARKS.md §1).
 ERROR_COUNTS: dict[str, Callable[[Signals, np.ndarray], float]] = {}
 
 
