@@ -107,11 +107,13 @@ def test_score_step_searches_every_view_once_and_returns_their_neighbours(monkey
     n, k = len(labels), cv[0].shape[1]
     searched = []
     real = knn.search
-    monkeypatch.setattr(knn, "search", lambda f, *a, **kw: searched.append(len(f)) or real(f, *a, **kw))
+    monkeypatch.setattr(knn, "search", lambda f, *a, **kw: searched.append((len(f), a[0] if a else kw["k"]))
+                        or real(f, *a, **kw))
     cfg = RunConfig(knn_k=6, knn_method="exact")
     args = (labels, cv[0], np.ones(n), np.zeros((1, n)), feats, cfg)
     sig, result, _ = score_step(*args, cv_probs=cv)
-    assert len(searched) == 2                                     # two views, each once
+    assert searched.count((n, 6)) == 2                            # two views, each once
+    assert len(searched) == 3                                     # and the wide vote (wide_k)
     nbrs = sig.extra["neighbours"]
     for f, (idx, sims) in zip(feats, nbrs):
         want = _brute_knn(f, labels, k, 6)[1]
@@ -122,7 +124,7 @@ def test_score_step_searches_every_view_once_and_returns_their_neighbours(monkey
     # the provisional table's pretrained neighbours are reused: only the other view is searched
     searched.clear()
     sig2, result2, _ = score_step(*args, cv_probs=cv, neighbours=nbrs[:1])
-    assert searched == [n] and np.array_equal(result2["suspicion"], result["suspicion"])
+    assert [x for x in searched if x[1] == 6] == [(n, 6)] and np.array_equal(result2["suspicion"], result["suspicion"])
     assert sig2.extra["neighbours"][0] is nbrs[0]
 
 
@@ -435,12 +437,15 @@ def test_ensemble_flips_ranks_by_the_wide_vote_only_when_the_labels_look_flipped
     assert ERROR_COUNTS["cl-flips"](s, flips) == ERROR_COUNTS["cl"](s, flips)
 
 
-def test_ensemble_flips_never_switches_on_phase_one_losses_or_without_a_fine_tuned_view():
-    from turn_core.scores import learned_flips
+def test_the_provisional_table_reads_the_pretrained_view_and_a_final_one_needs_a_fine_tuned_view():
+    from turn_core.scores import FLIP_SHARE_PRETRAINED, flip_share, learned_flips
 
-    s, _ = _flip_signals(epochs=1)                 # the provisional table: Phase I's losses only
+    s, noisy = _flip_signals(epochs=1)             # the provisional table: Phase I's losses only
+    assert flip_share(s.labels, s.extra["wide_probs"]) >= FLIP_SHARE_PRETRAINED and learned_flips(s)
+    assert not np.array_equal(SCORES["ensemble-flips"](s), SCORES["ensemble"](s))
+    s, _ = _flip_signals(epochs=1, spread=True)    # spread noise: the ensemble ranks
     assert not learned_flips(s)
     assert np.array_equal(SCORES["ensemble-flips"](s), SCORES["ensemble"](s))
-    feats, labels, _, probs = _flipped()
+    feats, labels, _, probs = _flipped()           # a final table whose only trusted view is the
     s = build_signals(labels, probs, np.ones(len(labels)), np.zeros((2, len(labels))), [feats], [probs])
-    assert "wide_probs" not in s.extra and not learned_flips(s)
+    assert "wide_probs" not in s.extra and not learned_flips(s)   # pretrained one: no wide vote

@@ -123,7 +123,9 @@ def build_signals(labels: np.ndarray, probs: np.ndarray, clean_prob: np.ndarray,
     knn = np.mean([knn_label_probs(features[i], labels, k, knn_k, method=knn_method, device=device,
                                    neighbours=graphs[i])[0] for i in keep], axis=0)
     extra = {"views": keep, "final_model_in_ensemble": any(i > 0 for i in keep)}
-    if keep[-1] > 0 and np.asarray(losses).shape[0] >= 2 and len(labels) <= WIDE_MAX_ROWS:  # final tables only
+    final = np.asarray(losses).shape[0] >= 2
+    # the fine-tuned view in a final table, the pretrained one in the provisional table (Phase I)
+    if (keep[-1] > 0 or not final) and len(labels) <= WIDE_MAX_ROWS:
         extra["wide_probs"] = wide_vote(features[keep[-1]], labels, k, method=knn_method, device=device)
     return Signals(labels=labels, probs=probs, clean_prob=clean_prob, losses=losses, knn_probs=knn,
                    tau=tau, cv_probs=np.mean([cv_probs[i] for i in keep], axis=0), extra=extra)
@@ -463,15 +465,21 @@ def learned_by_losses(s: Signals, cl: float | None = None) -> bool:
 # settings: 32-px features are too weak for the vote to tell flips apart), so at that size the
 # losses' test alone decides, as before.
 FLIP_SHARE = 0.22
+# The same test on the pretrained view, for the provisional table (Phase I; no losses' test there):
+# 0.212-0.235 on the 4,000-image asym40 dev runs, 0.126-0.157 on the other three settings, but up
+# to 0.208 on 1,000-image human and symmetric noise; 0.21 is above every one of those.
+FLIP_SHARE_PRETRAINED = 0.21
 
 
 def learned_flips(s: Signals) -> bool:
-    """Whether the run shows consistent flips the model has learned: the wide vote's
-    ``flip_share`` reaches ``FLIP_SHARE`` (final tables up to ``WIDE_MAX_ROWS`` rows with a
-    trusted fine-tuned view), or the losses' test (``learned_by_losses``) holds."""
-    if np.asarray(s.losses).shape[0] < 2:
-        return False
+    """Whether the run shows consistent flips the model has learned. A final table: the wide
+    vote's ``flip_share`` on the fine-tuned view reaches ``FLIP_SHARE`` (up to ``WIDE_MAX_ROWS``
+    rows, with a trusted fine-tuned view), or the losses' test (``learned_by_losses``) holds. The
+    provisional table (Phase I's losses only): the wide vote on the pretrained view reaches
+    ``FLIP_SHARE_PRETRAINED``."""
     wide = s.extra.get("wide_probs")
+    if np.asarray(s.losses).shape[0] < 2:
+        return wide is not None and flip_share(s.labels, wide) >= FLIP_SHARE_PRETRAINED
     return (wide is not None and flip_share(s.labels, wide) >= FLIP_SHARE) or learned_by_losses(s)
 
 
