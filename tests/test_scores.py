@@ -442,7 +442,9 @@ def test_the_provisional_table_reads_the_pretrained_view_and_a_final_one_needs_a
 
     s, noisy = _flip_signals(epochs=1)             # the provisional table: Phase I's losses only
     assert flip_share(s.labels, s.extra["wide_probs"]) >= FLIP_SHARE_PRETRAINED and learned_flips(s)
-    assert not np.array_equal(SCORES["ensemble-flips"](s), SCORES["ensemble"](s))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(noisy, SCORES["ensemble-flips"](s)) > roc_auc_score(noisy, SCORES["ensemble"](s)) + 0.2
     s, _ = _flip_signals(epochs=1, spread=True)    # spread noise: the ensemble ranks
     assert not learned_flips(s)
     assert np.array_equal(SCORES["ensemble-flips"](s), SCORES["ensemble"](s))
