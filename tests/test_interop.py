@@ -75,7 +75,8 @@ def test_cleanlab_files(run_dir, tmp_path):
     rebuilt = 1.0 - probs[np.arange(n), labels].astype(np.float64)
     assert np.abs(rebuilt - s["suspicion"].to_numpy()).max() <= 1.5e-6
     note = json.loads((out / "turn_audit.json").read_text())
-    assert note["score"] == "ensemble" and note["rows_not_matching_suspicion"] == 0
+    assert note["score"] in interop.ENSEMBLE_SCORES and note["rows_not_matching_suspicion"] == 0
+    assert note["label_quality_scores"].startswith("1 - suspicion = pred_probs")
 
 
 def test_cleanlab_rebuilt_for_older_runs(run_dir, older_run, tmp_path):

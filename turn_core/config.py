@@ -209,14 +209,14 @@ class RunConfig:
     # learned consistent flips (scores.learned_flips), chosen on the 4,000-image dev runs.
     score: str = _setting("ensemble-flips", "How suspicious each label is: paper (1 − the GMM's clean posterior "
                           "in the last epoch), ensemble (several views of the model combined) or ensemble-flips "
-                          "(the ensemble, or a wide neighbour vote on the fine-tuned features when the labels look "
+                          "(the ensemble, or a wide neighbour vote on the fine-tuned features when labels look "
                           "consistently flipped).", "scores",
                           registry="score", label="Suspicion score")
     # "top-k-cl-flips" (session 10) was chosen with "ensemble-flips" on the 4,000-image development
     # images (bench/protocol.py, cifar10n.py --seed 0 and 3: smallest worst F1 shortfall);
     # "top-k-cl-learned" before it (session 8) was 0.03 short on held-out 4,000-image asymmetric
     # noise, "top-k-cl-structured" 0.04 and "top-k-cl" 0.05 on 1,000 images (BENCHMARKS.md §1).
-    flag_rule: str = _setting("top-k-cl-flips", "Which labels get flagged: top-k-<count> (the k most suspicious; k estimates the wrong "
+    flag_rule: str = _setting("top-k-cl-flips", "Which labels get flagged: top-k-<count> (the k most suspicious; k counts wrong "
                               "labels by cl, cl-flips, cl-learned, cl-structured, gmm, gmm-suspicion or expected), paper (clean posterior < τ), "
                               "ensemble (top class ≠ given) or confident-learning (fewer, surer).", "scores",
                               registry="flag_rule", label="Flag rule")

@@ -92,6 +92,9 @@ def ensemble_probs(run: Run) -> tuple[np.ndarray, str]:
 
 
 # --------------------------------------------------------------------------- cleanlab
+ENSEMBLE_SCORES = ("ensemble", "ensemble-flips")  # scores whose suspicion is 1 − pred_probs[i, label] as a rule
+
+
 def write_cleanlab(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the cleanlab arrays of a finished run into ``out_dir``; return ``out_dir``.
 
@@ -111,11 +114,14 @@ def write_cleanlab(run_dir: str | Path, out_dir: str | Path) -> Path:
     atomic_save_npy(out / "label_quality_scores.npy", 1.0 - suspicion)
     atomic_write_json(out / "classes.json", list(run.classes))
     score = run.settings.get("score", "ensemble")
+    # "ensemble-flips" is the ensemble's suspicion unless the wide vote ranked the run (flips):
+    # then no row need match pred_probs.
+    from_probs = score == "ensemble" or (score == "ensemble-flips" and not off.any())
     atomic_write_json(out / "turn_audit.json", {
         "run": str(run.dir.resolve()), "score": score, "flag_rule": run.settings.get("flag_rule", "ensemble"),
         "pred_probs": f"ensemble class probabilities (turn_core.scores.suggestion_probs), {source}",
-        "rows_not_matching_suspicion": int(off.sum()) if score == "ensemble" else None,
-        "label_quality_scores": ("1 - suspicion = pred_probs[i, labels[i]]" if score == "ensemble"
+        "rows_not_matching_suspicion": int(off.sum()) if score in ENSEMBLE_SCORES else None,
+        "label_quality_scores": ("1 - suspicion = pred_probs[i, labels[i]]" if from_probs
                                  else f"1 - suspicion of score {score!r} (not from pred_probs)")})
     return out
 
