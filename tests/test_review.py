@@ -368,3 +368,24 @@ def test_last_id_changes_with_every_decision_and_undo(run):
     assert s.last_id() == a
     s.undo(1)
     assert s.last_id() > a
+
+
+def test_opening_retries_a_locked_database_and_names_any_other_error(run, monkeypatch):
+    # "database is locked" can reach connect() outside the busy handler (two threads switching a
+    # new file to WAL): seen once in a loaded CI run's test_threads_lose_nothing.
+    s = ReviewStore(run)
+    real, calls = ReviewStore._open, []
+
+    def flaky(self):
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self)
+
+    monkeypatch.setattr(ReviewStore, "_open", flaky)
+    s.record(0, "accept", CLASSES[0], "t")
+    assert len(calls) == 3 and len(s.history()) == 1
+    s.close()
+    monkeypatch.setattr(ReviewStore, "_open", lambda self: (_ for _ in ()).throw(sqlite3.DatabaseError("file is not a database")))
+    with pytest.raises(InputError, match="cannot open review database .*review.sqlite: file is not a database"):
+        ReviewStore(run).history()

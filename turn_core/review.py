@@ -280,6 +280,22 @@ class ReviewStore:
         self._local.con = None
 
     def _connect(self) -> sqlite3.Connection:
+        # Opening can meet "database is locked" outside the busy handler's reach (switching a new
+        # file to WAL, or its first migration, while another thread does the same): retry until
+        # BUSY_TIMEOUT_MS, like a locked write. Seen under load in tests/test_review.py.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise InputError(f"cannot open review database {self.path}: {e}") from None
+                time.sleep(0.02)
+            except sqlite3.Error as e:
+                raise InputError(f"cannot open review database {self.path}: {e}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        con = None
         try:
             # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for writes).
             con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -302,8 +318,10 @@ class ReviewStore:
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
-        except sqlite3.Error as e:
-            raise InputError(f"cannot open review database {self.path}: {e}") from None
+        except sqlite3.Error:
+            if con is not None:
+                con.close()
+            raise
         return con
 
     def _connection(self) -> sqlite3.Connection:
