@@ -287,12 +287,11 @@ class ReviewStore:
         while True:
             try:
                 return self._open()
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
+            except sqlite3.Error as e:
+                locked = isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+                if not locked or time.monotonic() > deadline:
                     raise InputError(f"cannot open review database {self.path}: {e}") from None
                 time.sleep(0.02)
-            except sqlite3.Error as e:
-                raise InputError(f"cannot open review database {self.path}: {e}") from None
 
     def _open(self) -> sqlite3.Connection:
         con = None
