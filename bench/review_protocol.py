@@ -96,7 +96,7 @@ def table(res: dict, budgets: list[int]) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
-    ap.add_argument("--plan", default="dev", choices=["dev", "report", "all"])
+    ap.add_argument("--plan", default="dev", choices=["dev", "report", "fresh", "all"])
     ap.add_argument("--variants", default="static,learning,rebuild,hedge:rebuild,stack,naive,knn,cleanlab")
     ap.add_argument("--budget", default="50,100,250,500")
     a = ap.parse_args(argv)
