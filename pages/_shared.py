@@ -203,6 +203,17 @@ def queue_order(run: Run, df, cutoff: float | None, learned: dict | None = None)
                         learned_key, df, None if learned is None else learned["suspicion"])
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _error_count(run_dir_s: str, stamp: tuple, probs_stamp: float, _df, classes: tuple) -> float | None:
+    return views_queue.error_count(run_dir_s, _df["given_label"].astype(str).to_numpy(), list(classes))
+
+
+def error_count(run: Run, df, classes: list[str]) -> float | None:
+    """The run's count of wrong labels (``views.queue.error_count``), once per table."""
+    return _error_count(str(run.dir), table_stamp(run), file_stamp(run.dir / "ensemble_probs.npy"), df,
+                        tuple(classes))
+
+
 @st.cache_data(show_spinner=False, max_entries=5000)
 def _thumb_png(run_dir_s: str, index: int, stamp: float, min_side: int) -> bytes | None:
     img = Run(run_dir_s).thumbnail(index)

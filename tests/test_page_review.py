@@ -139,3 +139,31 @@ def test_original_image_is_exif_rotated_and_downscaled(tmp_path):
     im.save(tmp_path / "r.jpg", exif=exif)
     img, note = vi.original_image({"kind": "folder", "root": str(tmp_path)}, "r.jpg", max_side=150)
     assert img.shape[:2] == (150, 50) and "original 100×300" in note
+
+
+def test_errors_left_uses_the_runs_suspicion_and_count(clean_env):
+    """The estimate rests on the run's suspicion and count of wrong labels, never on the learned
+    order's rank blend (which is not a probability): the caption gives the whole data set's."""
+    d = make_fake_run(clean_env / "fin", n=150)
+    add_probabilities(d)
+    atomic_save_npy(d / "ensemble_probs.npy", np.load(d / "probs.npy"))
+    s = Run(d).samples()
+    classes = Run(d).classes
+    top = s.sort_values("suspicion", ascending=False)["index"].astype(int).tolist()[:rerank.WARMUP]
+    # a third of the reviewed images relabelled to their suggestion, the rest kept
+    moves = [(i, "relabel" if k % 3 == 0 else "keep",
+              s.loc[i, "suggested_label"] if k % 3 == 0 else s.loc[i, "given_label"]) for k, i in enumerate(top)]
+    ReviewStore(d).record_many(moves, reviewer="t")
+    at = review_page("fin")
+    wait(d, "learning")
+    at.run()
+    assert vq.read_learned(d) is not None and not at.exception
+    susp = s.set_index("index")["suspicion"].reindex(range(len(s))).to_numpy(float)
+    changed = [m[1] == "relabel" and m[2] != s.loc[m[0], "given_label"] for m in moves]
+    count = vq.error_count(d, s["given_label"].astype(str).to_numpy(), classes)
+    assert count is not None
+    rest = np.setdiff1d(np.arange(len(s)), top)
+    want = rerank.errors_left(susp, rest, susp[top], changed, count=count)
+    assert f"{want:.0f} left in the whole data set" in captions(at)
+    shown = next(m for m in at.metric if m.label.startswith("Errors left"))
+    assert float(shown.value) <= want + 0.5   # the queue is part of the data set

@@ -99,9 +99,30 @@ def test_hit_rate_and_errors_left():
     assert rerank.hit_rate([True, False, True, True], window=2) == 1.0
     assert rerank.hit_rate([True, False, False, False]) == 0.25
     s = np.array([0.5, 0.5, 0.2, 0.8])
-    # reviewed images' suspicion summed 1.0 and held 2 errors: the score under-promises by 2x
-    assert rerank.errors_left(s, np.array([0, 1]), np.array([0.6, 0.4]), np.array([True, True])) == 2.0
+    # power 1 (sessions 3-10): the reviewed suspicion summed 1.0 and held 2 errors, the unreviewed 1.0
+    assert rerank.errors_left(s, np.array([0, 1]), np.array([0.6, 0.4]), np.array([True, True]), power=1) == 2.0
+    # the default power weighs low suspicion less: 2 errors × (0.5³ + 0.5³) / (0.6³ + 0.4³)
+    assert rerank.errors_left(s, np.array([0, 1]), np.array([0.6, 0.4]), np.array([True, True])) == \
+        pytest.approx(2 * 0.25 / 0.28)
+    # capped by the run's count minus the errors found
+    assert rerank.errors_left(s, np.array([0, 1]), np.array([0.6, 0.4]), np.array([True, True]), count=2.5) == \
+        pytest.approx(0.5)
+    assert rerank.errors_left(s, np.array([0, 1]), np.array([0.6, 0.4]), np.array([True, True]), count=1) == 0.0
+    # nothing found yet: the count shared out by the same weights; no count either: the suspicion summed
+    assert rerank.errors_left(s, np.array([2, 3]), np.array([0.5]), np.array([False]), count=10) == \
+        pytest.approx(10 * (0.2 ** 3 + 0.8 ** 3) / (0.2 ** 3 + 0.8 ** 3 + 0.5 ** 3))
     assert rerank.errors_left(s, np.array([2, 3]), np.zeros(0), np.zeros(0, bool)) == pytest.approx(1.0)
+
+
+def test_error_count_is_confident_learnings_count():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    probs = np.full((300, 3), 0.05)
+    probs[np.arange(300), labels] = 0.9
+    wrong = np.arange(0, 300, 10)   # 30 rows whose probabilities name another class
+    probs[wrong] = np.roll(probs[wrong], 1, axis=1)
+    assert rerank.error_count(labels, probs) == pytest.approx(30, abs=3)
+    assert rerank.error_count(labels, np.eye(3)[labels] * 0.9 + 0.1 / 3) == 0
 
 
 def test_prepare_refuses_a_run_without_probabilities():

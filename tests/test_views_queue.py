@@ -153,3 +153,24 @@ def test_suspect_order_is_the_queue_order_and_ranks_ties_by_index():
         assert cached.equals(views.review_queue(df, decisions=dec, **kw))
         for f in ({"status": "unreviewed"}, {"classes": ["a"]}, {"pair": ("a", "b"), "status": "reviewed"}):
             assert views.filter_queue(cached, **f).equals(views.review_queue(df, decisions=dec, **kw, **f))
+
+
+def test_error_count_reads_the_runs_ensemble_and_refuses_a_mismatch(fake_run, fake_df):
+    import numpy as np
+
+    from turn_core import rerank
+    from turn_core.views import queue as vq
+
+    given = fake_df["given_label"].astype(str).to_numpy()
+    classes = list(fake_run.classes)
+    assert vq.error_count(fake_run.dir, given, classes) is None   # the fake run saved no ensemble
+    idx = np.array([classes.index(g) for g in given])
+    probs = np.full((len(given), len(classes)), 0.02)
+    probs[np.arange(len(given)), idx] = 1.0
+    probs[:12] = np.roll(probs[:12], 1, axis=1)                  # 12 rows whose ensemble names another class
+    probs /= probs.sum(axis=1, keepdims=True)
+    np.save(fake_run.dir / "ensemble_probs.npy", probs.astype(np.float32))
+    got = vq.error_count(fake_run.dir, given, classes)
+    assert got == rerank.error_count(idx, probs) and 8 <= got <= 16
+    assert vq.error_count(fake_run.dir, given[:-1], classes) is None            # rows do not match
+    assert vq.error_count(fake_run.dir, given, classes + ["extra"]) is None      # classes do not match

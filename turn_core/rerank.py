@@ -45,6 +45,7 @@ HEDGE_WINDOW = 50         # the latest decisions the hedge holds out to compare 
 HEDGE_MIN = 25            # held-out decisions the hedge needs before it moves off the static order
 HEDGE_BLENDS = (0.0, 0.25, 0.5, 0.75, 1.0)  # learned share of the blends it compares
 HIT_WINDOW = 50           # the running hit rate is the share of the last HIT_WINDOW decisions that fixed a label
+LEFT_POWER = 3.0          # errors_left weighs an image's suspicion to this power (dev runs, BENCHMARKS §3)
 UNKNOWN = -1              # trusted label of an excluded image: reviewed, but no class
 
 
@@ -492,16 +493,43 @@ def hit_rate(changed: list[bool], window: int = HIT_WINDOW) -> float | None:
 
 
 def errors_left(suspicion: np.ndarray, unreviewed: np.ndarray, reviewed_suspicion: np.ndarray,
-                reviewed_changed: np.ndarray) -> float:
+                reviewed_changed: np.ndarray, count: float | None = None, power: float = LEFT_POWER) -> float:
     """Estimated label errors among the ``unreviewed`` images (int indices).
 
-    The suspicion of the unreviewed images summed, scaled by how the suspicion of the images
-    reviewed so far compared with what they turned out to be (errors found ÷ suspicion summed;
-    1 before any decision), so an over-confident score does not promise errors that are not there.
+    suspicion (N,): the run's own suspicion (a probability-like score, never the learning
+    queue's rank blend); reviewed_suspicion (M,) and reviewed_changed (M,) bool: the reviewed
+    images' suspicion and whether review changed their label; count: the run's estimate of
+    the wrong labels in the whole data set (``error_count``), or None.
+
+    A capture estimate: the errors found so far, times how much of the error mass the score
+    puts on the unreviewed images against the reviewed ones, with the mass of an image taken
+    as suspicion ** ``power`` (a raised score puts less mass on the many low-suspicion images,
+    which hold few errors). It is capped by ``count`` minus the errors found, when a count is
+    given. Before any error is found, the count is shared out by the same mass, and without a
+    count the suspicion summed is returned. ``power`` = 1 without ``count`` is the estimate of
+    sessions 3-10 (2-4x too many; BENCHMARKS.md §3).
     """
-    rs = float(np.sum(reviewed_suspicion))
-    scale = float(np.sum(reviewed_changed)) / rs if rs > 0 else 1.0
-    return float(np.sum(np.asarray(suspicion)[np.asarray(unreviewed, dtype=np.int64)]) * scale)
+    s = np.clip(np.asarray(suspicion, dtype=np.float64), 0.0, 1.0)
+    unreviewed = np.asarray(unreviewed, dtype=np.int64)
+    found = float(np.sum(reviewed_changed))
+    rev = np.clip(np.asarray(reviewed_suspicion, dtype=np.float64), 0.0, 1.0) ** power
+    left_mass = float(np.sum(s[unreviewed] ** power))
+    if found > 0 and rev.sum() > 0:
+        estimate = found * left_mass / float(rev.sum())
+    elif count is not None:
+        estimate = count * left_mass / max(left_mass + float(rev.sum()), 1e-12)
+    else:
+        return float(np.sum(s[unreviewed]))
+    return estimate if count is None else float(min(estimate, max(count - found, 0.0)))
+
+
+def error_count(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Confident learning's estimate of the wrong labels in a data set: labels (N,) int given
+    labels, probs (N, K) out-of-sample class probabilities (the run's ensemble). The count
+    ``errors_left`` is capped by; the flag rules' ``cl`` count (``scores.confident_count``)."""
+    from .scores import confident_count
+
+    return confident_count(np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64))
 
 
 __all__ = [
@@ -516,6 +544,7 @@ __all__ = [
     "auroc",
     "base_from_run",
     "corrected_labels",
+    "error_count",
     "errors_left",
     "hedge_choice",
     "hedge_weight",

@@ -370,12 +370,17 @@ def count_gmm(s: Signals, suspicion: np.ndarray) -> float:
 def count_confident_learning(s: Signals, suspicion: np.ndarray) -> float:
     """Confident learning's number of label issues (off-diagonal of the confident joint) on the
     ensemble's probabilities; without cleanlab, the count of "top class differs"."""
-    p = suggestion_probs(s)
+    return confident_count(s.labels, suggestion_probs(s))
+
+
+def confident_count(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Confident learning's number of label issues: labels (N,) int, probs (N, K) out-of-sample
+    class probabilities; without cleanlab, the number of rows whose top class is not the label."""
     try:
         from cleanlab.count import num_label_issues
     except ImportError:
-        return float(np.sum(p.argmax(axis=1) != s.labels))
-    return float(num_label_issues(s.labels, p))
+        return float(np.sum(np.asarray(probs).argmax(axis=1) != labels))
+    return float(num_label_issues(labels, probs))
 
 
 @register_error_count("gmm-suspicion")

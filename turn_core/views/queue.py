@@ -301,6 +301,25 @@ def can_learn(run_dir) -> bool:
     return all((d / f).exists() for f in ("cv_probs.npy", "probs.npy", "features_pre.npy", "samples.csv"))
 
 
+def error_count(run_dir, given_labels, classes: list[str]) -> float | None:
+    """Confident learning's count of the wrong labels in the whole run (``rerank.error_count``)
+    on the ensemble probabilities the run saved (ensemble_probs.npy, row i = samples row i);
+    given_labels (N,) class names in table order. None when the run has no such file or it does
+    not match the table (an older run): "errors left" then rests on the decisions alone."""
+    p = Path(run_dir) / "ensemble_probs.npy"
+    if not p.exists():
+        return None
+    try:
+        probs = np.load(p, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    idx = {c: i for i, c in enumerate(classes)}
+    labels = np.array([idx.get(str(c), -1) for c in given_labels], dtype=np.int64)
+    if probs.ndim != 2 or len(probs) != len(labels) or probs.shape[1] != len(classes) or (labels < 0).any():
+        return None
+    return rerank.error_count(labels, np.asarray(probs, dtype=np.float64))
+
+
 # ------------------------------------------------------------------ duplicates in the queue
 CONFLICT_CHOICES = ("a", "b", "keep", "exclude")   # both get a's label, both b's, each keeps its own, both out
 
