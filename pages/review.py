@@ -75,7 +75,7 @@ h1.metric(f"Hit rate (last {min(len(changed), rerank.HIT_WINDOW)})", "—" if ra
 h2.metric("Errors left in the queue (estimate)", f"{left_queue:.0f}",
           help="The errors you found, times the share of the score's weight on the unreviewed images "
                "against the reviewed ones; at most the run's count of wrong labels minus those found. "
-               "Within 30 % of the truth on average in the benchmark runs (BENCHMARKS.md §3).")
+               "Off by about a third on average on the benchmark runs (BENCHMARKS.md §3).")
 h2.caption(f"{left_all:.0f} left in the whole data set, below the cut-off included")
 if not learnable:
     h3.caption("Learning queue: this run has no saved probabilities to re-rank from.")
