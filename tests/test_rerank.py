@@ -295,3 +295,16 @@ def test_the_hedge_chooses_among_several_learners_only_when_hedged(monkeypatch):
     s = rerank.learned_suspicion(base, seen, truth[seen], learner="noise+rebuild", hedge=True)
     rest = np.setdiff1d(np.arange(len(truth)), seen)
     assert rerank.auroc(s[rest], (truth != given)[rest]) > rerank.auroc(base.static[rest], (truth != given)[rest]) + 0.1
+
+
+def test_the_hedge_needs_a_margin_over_static(monkeypatch):
+    """A blend is trusted only when it beats static's held-out AUROC by HEDGE_MARGIN: the
+    learnable pair of this world moves the queue under the default margin, not under an
+    impossible one."""
+    base, truth, _ = _confused_pair_world()
+    seen = rerank.static_order(base.static)[:300]
+    assert rerank.hedge_weight(base, seen, truth[seen], learner="rebuild") >= 0.5
+    monkeypatch.setattr(rerank, "HEDGE_MARGIN", 1.0)
+    assert rerank.hedge_weight(base, seen, truth[seen], learner="rebuild") == 0.0
+    s = rerank.learned_suspicion(base, seen, truth[seen])
+    assert np.array_equal(s, base.static)   # the static order, unchanged
