@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from protocol import plan_of, run_dir
-from review_sim import learning_walk
+from review_sim import learning_walk, run_truth
 
 from turn_core import rerank
 from turn_core.rundir import Run
@@ -57,12 +57,8 @@ def estimates(suspicion: np.ndarray, reviewed: np.ndarray, unreviewed: np.ndarra
 def one_run(d: Path, walks: list[str]) -> dict:
     """{walk: {budget: (truth, {variant: estimate})}} on the run in ``d``."""
     run = Run(d)
-    s = run.samples(columns=["given_label", "true_label", "suspicion"])
-    idx = {c: i for i, c in enumerate(run.classes)}
-    given = s["given_label"].map(idx).to_numpy()
-    truth = s["true_label"].map(idx).to_numpy()
+    given, truth, suspicion = run_truth(run)
     is_error = truth != given
-    suspicion = s["suspicion"].to_numpy(float)
     count = rerank.error_count(given, np.load(d / "ensemble_probs.npy"))
     out = {}
     for walk in walks:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from protocol import plan_of, run_dir
-from review_sim import fixed_curve, summary
+from review_sim import fixed_curve, run_truth, summary
 
 from turn_core import rerank
 from turn_core.rundir import Run
@@ -104,13 +104,10 @@ def truth_stack(signals: list[np.ndarray], is_error: np.ndarray, folds: int = 5,
 def one_run(d: Path) -> dict[str, int]:
     """order → D90 on the run in ``d`` (the truth: its ``true_label`` column, read only here)."""
     run = Run(d)
-    s = run.samples(columns=["given_label", "true_label", "suspicion"])
-    idx = {c: i for i, c in enumerate(run.classes)}
-    given = s["given_label"].map(idx).to_numpy()
-    truth = s["true_label"].map(idx).to_numpy()
+    given, truth, suspicion = run_truth(run)
     is_error = truth != given
     res = {name: summary(fixed_curve(rerank.static_order(v), is_error), int(is_error.sum()), [])["d90"]
-           for name, v in orders(run, given, truth, s["suspicion"].to_numpy(float)).items()}
+           for name, v in orders(run, given, truth, suspicion).items()}
     res["ceiling"] = min(res.values())
     return res
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from protocol import plan_of, run_dir
-from review_sim import fixed_curve, learning_walk, naive_walk, summary
+from review_sim import fixed_curve, learning_walk, naive_walk, run_truth, summary
 
 from turn_core import rerank
 from turn_core.baselines import cleanlab_cv_lr, knn_vote
@@ -60,14 +60,10 @@ def walk(variant: str, run: Run, base, truth, given, static, stop: int) -> np.nd
 def one_run(d: Path, variants: list[str], budgets: list[int]) -> dict:
     """variant -> summary (errors fixed per budget, d90) on the run in ``d``."""
     run = Run(d)
-    s = run.samples()
-    idx = {c: i for i, c in enumerate(run.classes)}
-    given = s["given_label"].map(idx).to_numpy()
-    truth = s["true_label"].map(idx).to_numpy()   # the run kept the truth it was given (as protocol.py reads it)
+    given, truth, static = run_truth(run)
     is_error = truth != given
-    static = s["suspicion"].to_numpy(float)
     d90_static = summary(fixed_curve(rerank.static_order(static), is_error), int(is_error.sum()), budgets)["d90"]
-    stop = max(max(budgets), d90_static or len(s))
+    stop = max(max(budgets), d90_static or len(given))
     base = rerank.base_from_run(run)
     return {v: summary(fixed_curve(walk(v, run, base, truth, given, static, stop), is_error),
                        int(is_error.sum()), budgets) for v in variants}

@@ -51,6 +51,15 @@ def read_truth(path: Path, samples, classes: list[str]) -> np.ndarray:
     return np.array([idx[rows[p]] for p in samples["path"]], dtype=np.int64)
 
 
+def run_truth(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(given (N,) int, truth (N,) int, suspicion (N,) float) of a run that kept the truth it
+    was given (its ``true_label`` column, as bench/protocol.py's runs do; read only in benchmarks)."""
+    s = run.samples(columns=["given_label", "true_label", "suspicion"])
+    idx = {c: i for i, c in enumerate(run.classes)}
+    return (s["given_label"].map(idx).to_numpy(), s["true_label"].map(idx).to_numpy(),
+            s["suspicion"].to_numpy(float))
+
+
 def fixed_curve(order: np.ndarray, is_error: np.ndarray) -> np.ndarray:
     """(len(order),) errors fixed after each decision walking ``order``."""
     return np.cumsum(is_error[np.asarray(order)])
