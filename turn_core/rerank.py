@@ -510,7 +510,7 @@ def errors_left(suspicion: np.ndarray, unreviewed: np.ndarray, reviewed_suspicio
     which hold few errors). It is capped by ``count`` minus the errors found, when a count is
     given. Before any error is found, the count is shared out by the same mass, and without a
     count the suspicion summed is returned. ``power`` = 1 without ``count`` is the estimate of
-    sessions 3-10 (2-4x too many; BENCHMARKS.md §3).
+    sessions 3-10 (3-5x too many; BENCHMARKS.md §3).
     """
     s = np.clip(np.asarray(suspicion, dtype=np.float64), 0.0, 1.0)
     unreviewed = np.asarray(unreviewed, dtype=np.int64)
