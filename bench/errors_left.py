@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from protocol import plan_of, run_dir
+from protocol import finished_runs, plan_arguments
 from review_sim import learning_walk, run_truth
 
 from turn_core import rerank
@@ -77,17 +77,13 @@ def one_run(d: Path, walks: list[str]) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
-    ap.add_argument("--plan", default="dev", choices=["dev", "report", "fresh", "all"])
+    plan_arguments(ap)
     ap.add_argument("--walks", default="static,learning")
     a = ap.parse_args(argv)
     walks = a.walks.split(",")
     err: dict = {}     # setting → variant → budget → [relative errors]
     ratio: dict = {}   # setting → variant → [estimate / truth]
-    for setting, data_seed, train_seed in plan_of(a.plan):
-        d = run_dir(a.work, setting, data_seed, train_seed)
-        if not (d / "metrics.json").exists():
-            continue
+    for setting, d in finished_runs(a.work, a.plan):
         res = one_run(d, walks)
         for by in res.values():
             for b, (true, est) in by.items():

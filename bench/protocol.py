@@ -326,6 +326,20 @@ def plan_of(stage: str) -> list[tuple[str, int, int]]:
     return {"dev": dev, "report": rep, "fresh": fresh, "all": dev + rep + fresh}[stage]
 
 
+def plan_arguments(ap: argparse.ArgumentParser, default_plan: str = "dev") -> None:
+    """--work and --plan, as every script that reads this protocol's runs takes them."""
+    ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
+    ap.add_argument("--plan", default=default_plan, choices=["dev", "report", "fresh", "all"])
+
+
+def finished_runs(work: Path, plan: str):
+    """(setting, run folder) of each finished run of ``plan`` (metrics.json written), in plan order."""
+    for setting, data_seed, train_seed in plan_of(plan):
+        d = run_dir(work, setting, data_seed, train_seed)
+        if (d / "metrics.json").exists():
+            yield setting, d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))

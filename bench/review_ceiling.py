@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from protocol import plan_of, run_dir
+from protocol import finished_runs, plan_arguments
 from review_sim import fixed_curve, run_truth, summary
 
 from turn_core import rerank
@@ -114,15 +114,12 @@ def one_run(d: Path) -> dict[str, int]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
-    ap.add_argument("--plan", default="dev", choices=["dev", "report", "fresh", "all"])
+    plan_arguments(ap)
     a = ap.parse_args(argv)
     res: dict = {}
-    for setting, data_seed, train_seed in plan_of(a.plan):
-        d = run_dir(a.work, setting, data_seed, train_seed)
-        if (d / "metrics.json").exists():
-            res[d.name] = one_run(d)
-            print(d.name, json.dumps(res[d.name]), flush=True)
+    for _, d in finished_runs(a.work, a.plan):
+        res[d.name] = one_run(d)
+        print(d.name, json.dumps(res[d.name]), flush=True)
     by: dict = {}
     for name, r in res.items():
         by.setdefault(name.split("-")[0], []).append(r)

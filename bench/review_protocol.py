@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from protocol import plan_of, run_dir
+from protocol import finished_runs, plan_arguments
 from review_sim import fixed_curve, learning_walk, naive_walk, run_truth, summary
 
 from turn_core import rerank
@@ -91,8 +91,7 @@ def table(res: dict, budgets: list[int]) -> list[str]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/turn-protocol"))
-    ap.add_argument("--plan", default="dev", choices=["dev", "report", "fresh", "all"])
+    plan_arguments(ap)
     ap.add_argument("--variants", default="static,learning,rebuild,hedge:rebuild,stack,naive,knn,cleanlab")
     ap.add_argument("--budget", default="50,100,250,500")
     a = ap.parse_args(argv)
@@ -101,10 +100,7 @@ def main(argv=None) -> dict:
     if "static" not in variants:
         variants = ["static", *variants]
     res: dict = {}
-    for setting, data_seed, train_seed in plan_of(a.plan):
-        d = run_dir(a.work, setting, data_seed, train_seed)
-        if not (d / "metrics.json").exists():
-            continue
+    for setting, d in finished_runs(a.work, a.plan):
         one = one_run(d, variants, budgets)
         print(d.name, json.dumps({v: r["d90"] for v, r in one.items()}), flush=True)
         for v, r in one.items():
